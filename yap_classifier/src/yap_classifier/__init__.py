@@ -1,0 +1,1 @@
+"""Yap screenshot-intent classifier (sequence classification, micro-batched)."""

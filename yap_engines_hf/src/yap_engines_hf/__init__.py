@@ -1,0 +1,1 @@
+"""Yap engine on plain transformers + torch (CPU or CUDA): the embedded default."""

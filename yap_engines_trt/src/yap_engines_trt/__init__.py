@@ -1,0 +1,1 @@
+"""Yap engine on TensorRT-LLM (LLM API), with ModelOpt quantization builders."""

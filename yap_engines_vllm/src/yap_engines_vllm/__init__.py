@@ -1,0 +1,1 @@
+"""Yap engine on vLLM (AsyncLLM), with vLLM quantization."""
