@@ -4,6 +4,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q
+# Built artefacts (the default classifier) stay inside the checkout.
+export YAP_CACHE_DIR ?= $(CURDIR)/.cache/yap
 
 .PHONY: install dev serve test lint
 
