@@ -117,6 +117,9 @@ def quantize_command(
     calibration = CalibrationConfig(
         dataset=calib_data, num_samples=calib_samples, seq_len=calib_seq_len, batch_size=calib_batch_size
     )
-    result = quantizer.build(model, fmt, out_dir, calibration=calibration, force=force, progress=click.echo)
+    try:
+        result = quantizer.build(model, fmt, out_dir, calibration=calibration, force=force, progress=click.echo)
+    except (ValueError, RuntimeError) as exc:  # the plugin's refusal or failure: one clear line, no traceback
+        raise click.ClickException(str(exc)) from exc
     state = "reused" if result.reused else "built"
     click.echo(f"{state} {result.format} checkpoint in {result.out_dir} (metadata: {result.metadata_file})")

@@ -88,11 +88,12 @@ class Config:
 
 def _from_env(env_name: str, raw: str, t: mi.Type) -> Any:
     """Turn one environment string into the JSON-ish value its field expects."""
-    inner = t
-    if isinstance(t, mi.UnionType):
-        if raw.strip() == "" and any(isinstance(x, mi.NoneType) for x in t.types):
+    # Annotated[X | None, doc(...)] arrives as Metadata(Union): unwrap it first
+    inner = t.type if isinstance(t, mi.Metadata) else t
+    if isinstance(inner, mi.UnionType):
+        if raw.strip() == "" and any(isinstance(x, mi.NoneType) for x in inner.types):
             return None
-        inner = next(x for x in t.types if not isinstance(x, mi.NoneType))
+        inner = next(x for x in inner.types if not isinstance(x, mi.NoneType))
     if isinstance(inner, mi.Metadata):
         inner = inner.type
     value = raw.strip()
@@ -220,6 +221,21 @@ class CoreSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tool_batch_wait_ms: Annotated[float, doc("How long a micro-batch waits to fill.", ge=0)] = 2.0
 
     log_level: Annotated[str, doc("Python log level.")] = "INFO"
+
+    otel_exporter_otlp_endpoint: Annotated[
+        str | None,
+        doc("OTLP/HTTP collector base URL (http://host:4318); metrics and traces go to /v1/metrics, /v1/traces. Empty: no telemetry at all."),
+    ] = None
+    otel_metric_export_interval: Annotated[
+        int, doc("Milliseconds between metric exports (when the endpoint is set).", ge=100)
+    ] = 15000
+    otel_service_name: Annotated[str, doc("service.name of exported telemetry.", min_length=1)] = "yap"
+    sentry_dsn: Annotated[
+        str | None, doc("Sentry DSN; errors are reported (needs yap-core[sentry]). Empty: no Sentry. Never logged.")
+    ] = None
+    sentry_error_interval_s: Annotated[
+        float, doc("At most one Sentry event per error class per this many seconds.", gt=0)
+    ] = 60.0
 
     def validate(self) -> None:
         """Cross-field checks done at start-up, before any model loads."""

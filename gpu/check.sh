@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The project's GPU check: runs ON the GPU machine (device `run` tool), from the
+# repository root, after the vLLM kit of ../shared/gpu has been carried over.
+# What it proves and what it measured is written up in docs/gpu-results.md.
+#
+# Here, before the run (docs/gpu-results.md has the exact sequence):
+#   bash gpu/pack.sh            # project wheels + test tools into .wh/c4/proj,
+#                               # the SmolLM2 GGUF and the trained classifier into .wh/x1..x3
+# There, one command per carried piece, back to back (the machine stays warm ~30 s):
+#   bash gpu/check.sh recv .wh/c1      (then .wh/c2, .wh/c3, .wh/x1, .wh/x2, .wh/x3)
+#   bash gpu/check.sh recv .wh/c4 && bash gpu/check.sh setup && bash gpu/check.sh smoke
+#   bash gpu/check.sh conformance && bash gpu/check.sh protocol
+#   bash gpu/check.sh bench && bash gpu/check.sh bench_si4
+#   bash gpu/check.sh extras
+# (Files land in $OUT, which the device tool sets and empties before each command.)
+# Each step writes STEP.log (and JSON/markdown where it has figures) under $OUT.
+set -uo pipefail
+ROOT="$PWD"
+WH=/tmp/wh; SITE=/tmp/site; XTRA=/tmp/xtra
+OUT="${OUT:-/tmp/out}"
+mkdir -p "$WH" "$OUT" "$XTRA"
+export PYTHONPATH="$SITE" PATH="$SITE/bin:$PATH" PYTHONUNBUFFERED=1 \
+       VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 \
+       HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OTEL_SDK_DISABLED=true
+MODEL="$WH/models/llama-1b"                         # Llama-3.2-1B shape, random weights
+GGUF="$XTRA/SmolLM2-135M-Instruct.Q4_1.gguf"       # real text
+T0=$(date +%s)
+step="${1:?step: recv DIR | setup | smoke | conformance | protocol | bench | bench_si4 | extras}"
+shift
+log() { echo "[check $step +$(( $(date +%s) - T0 ))s] $*"; }
+
+case "$step" in
+recv)
+  for d in "$@"; do cp -r "$ROOT/$d"/. "$WH"/; done
+  du -sh "$WH";;
+setup)
+  bash "$WH/device_step.sh" install || exit 2
+  python3 -m pip install -q --no-deps --no-index --no-compile --target "$SITE" "$WH"/proj/*.whl || exit 3
+  if ls "$WH"/xtra.tar.part-* >/dev/null 2>&1; then
+    cat "$WH"/xtra.tar.part-* | tar -x -C "$XTRA" && rm -f "$WH"/xtra.tar.part-*
+  fi
+  ls -la "$XTRA"
+  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    python3 -c "import sys,torch,vllm,transformers;print(sys.version.split()[0],'torch',torch.__version__,'vllm',vllm.__version__,'transformers',transformers.__version__)"
+    python3 -m pip list --path "$SITE" 2>/dev/null | grep -iE '^(yap|vllm|pytest|hypercorn|starlette|msgspec|websockets) '
+  } 2>&1 | tee "$OUT/setup.txt";;
+smoke)
+  log "engine + server smoke on $MODEL (dummy weights)"
+  python3 gpu/engine_smoke.py --model "$MODEL" --load-format dummy --out "$OUT/smoke.json" > "$OUT/smoke.log" 2>&1
+  rc=$?; grep -aE "Error|error|Traceback|\[smoke\]" "$OUT/smoke.log" | cut -c1-300 | tail -25; exit $rc;;
+conformance)
+  # The engine conformance kit (yap_core.testing) on the vLLM engine: random 1B
+  # weights (no check needs meaningful text: stop strings are cut from the reply itself).
+  log "conformance kit on vLLM"
+  CHAT_MODEL="$MODEL" CHAT_LOAD_FORMAT=dummy ATTENTION_BACKEND=FLASH_ATTN \
+  CHAT_MAX_LEN=4096 CHAT_GPU_FRAC=0.80 TEXT_API_KEY=unused DEPLOY_MODE=chat INFERENCE_ENGINE=vllm \
+    python3 -m pytest -q gpu/test_vllm_conformance.py --yap-engine vllm --junitxml="$OUT/conformance.xml" \
+    > "$OUT/conformance.log" 2>&1
+  rc=$?; tail -n 30 "$OUT/conformance.log" | cut -c1-300; exit $rc;;
+protocol)
+  # The end-to-end protocol tests that need a real model (tests/test_protocol_hf.py:
+  # the default deployment, chat + the trained classifier) against `yap serve` with
+  # INFERENCE_ENGINE=vllm; tests/conftest.py reads YAP_TEST_REAL_ENGINE_ENV.
+  CLS=$(ls -d "$XTRA"/classifier/* 2>/dev/null | head -1)
+  [ -n "$CLS" ] || { echo "the trained classifier was not carried (gpu/pack.sh makes .wh/x*)"; exit 4; }
+  log "protocol end-to-end tests on yap serve + vLLM (classifier $CLS)"
+  YAP_TEST_REAL_ENGINE_ENV="{\"INFERENCE_ENGINE\":\"vllm\",\"CHAT_MODEL\":\"$MODEL\",\"CHAT_LOAD_FORMAT\":\"dummy\",\"ATTENTION_BACKEND\":\"FLASH_ATTN\",\"CHAT_MAX_LEN\":\"4096\",\"TOOL_MODEL\":\"$CLS\"}" \
+    python3 -m pytest -q tests/test_protocol_hf.py --junitxml="$OUT/protocol.xml" > "$OUT/protocol.log" 2>&1
+  rc=$?; tail -n 30 "$OUT/protocol.log" | cut -c1-300; exit $rc;;
+bench)
+  log "benchmark: raw AsyncLLM vs WebSocket path"
+  python3 benchmarks/vllm_bench.py raw --model "$MODEL" --load-format dummy --out "$OUT/bench_raw.json" > "$OUT/bench_raw.log" 2>&1
+  rc1=$?; grep -a "^\[raw\]\|Error\|Traceback" "$OUT/bench_raw.log" | cut -c1-400 | tail -20
+  python3 benchmarks/vllm_bench.py ws --model "$MODEL" --load-format dummy --out "$OUT/bench_ws.json" > "$OUT/bench_ws.log" 2>&1
+  rc2=$?; grep -a "^\[ws\]\|Error\|Traceback" "$OUT/bench_ws.log" | cut -c1-400 | tail -20
+  [ $rc1 -eq 0 ] && [ $rc2 -eq 0 ] && python3 benchmarks/vllm_bench.py report "$OUT/bench_raw.json" "$OUT/bench_ws.json" --out "$OUT/bench.md"
+  exit $(( rc1 || rc2 ));;
+bench_si4)
+  # The WebSocket path again with STREAM_INTERVAL=4 (vLLM streams every 4th token):
+  # how much of the WS overhead under load is per-token work. Compare with bench_ws.json.
+  log "benchmark: WebSocket path with STREAM_INTERVAL=4"
+  python3 benchmarks/vllm_bench.py ws --model "$MODEL" --load-format dummy --stream-interval 4 \
+    --out "$OUT/bench_ws_si4.json" > "$OUT/bench_ws_si4.log" 2>&1
+  rc=$?; grep -a "^\[ws\]\|Error\|Traceback" "$OUT/bench_ws_si4.log" | cut -c1-400 | tail -20; exit $rc;;
+extras)
+  # Other engineers' GPU proofs that need the same kit: the classifier on CUDA,
+  # and ModelOpt FP8 -> vLLM (quantization="modelopt").
+  rc=0
+  CLS=$(ls -d "$XTRA"/classifier/* 2>/dev/null | head -1)
+  if [ -f benchmarks/classifier_bench.py ] && [ -n "$CLS" ]; then
+    log "classifier bench on cuda ($CLS)"
+    python3 benchmarks/classifier_bench.py --device cuda --model "$CLS" --out "$OUT/classifier_bench.json" > "$OUT/classifier_bench.log" 2>&1 || rc=1
+    tail -n 15 "$OUT/classifier_bench.log" | cut -c1-300
+  else log "classifier bench skipped (script or model missing)"; fi
+  if [ -f gpu/modelopt_fp8_check.py ] && [ -f "$GGUF" ]; then
+    log "ModelOpt FP8 -> vLLM check"
+    python3 gpu/modelopt_fp8_check.py --model "$GGUF" --phase-timeout 200 --out "$OUT/modelopt_fp8.json" > "$OUT/modelopt_fp8.log" 2>&1 || rc=1
+    tail -n 15 "$OUT/modelopt_fp8.log" | cut -c1-300
+  else log "ModelOpt check skipped (script or GGUF missing)"; fi
+  if [ -f benchmarks/gpu_telemetry_check.py ]; then
+    log "GPU telemetry gauges check"
+    python3 benchmarks/gpu_telemetry_check.py > "$OUT/gpu_telemetry.log" 2>&1 || rc=1
+    tail -n 8 "$OUT/gpu_telemetry.log" | cut -c1-300
+  fi
+  exit $rc;;
+*) echo "unknown step $step"; exit 64;;
+esac

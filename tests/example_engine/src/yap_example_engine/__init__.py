@@ -1,0 +1,1 @@
+"""An example third-party Yap engine: what a plugin distribution looks like."""

@@ -1,0 +1,269 @@
+"""One accepted, authenticated WebSocket: frames in, frames out, limits.
+
+- Inbound: size check, decode, per-connection sliding-window rate limits,
+  dispatch to the socket's sessions. Errors answer with one ``error`` frame and
+  never close the socket (except ``message_too_large``: 1009).
+- Outbound: one bounded queue per socket drained by one sender task. A client
+  that stops reading fills it; at WS_SEND_QUEUE_MAX frames the socket is closed
+  with 1008 ("client not reading") instead of growing memory.
+- Idle: no inbound frame for WS_IDLE_TIMEOUT_S while no turn of this socket
+  runs closes with 4000.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from yap_core import frames
+from yap_core.frames import FrameError
+from yap_core.limits import SlidingWindow
+from yap_core.runtime import Runtime
+from yap_core.session import SessionHost
+
+log = logging.getLogger("yap.connection")
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_TRY_LATER = 1013
+CLOSE_IDLE = 4000
+_CLOSE_TIMEOUT_S = 5.0  # a close handshake with a client that never answers
+
+
+class Outbox:
+    """The bounded send queue of one socket."""
+
+    def __init__(self, send: Callable[[str], Awaitable[None]], limit: int, on_overflow: Callable[[], None]) -> None:
+        self._send = send
+        self._limit = limit
+        self._queue: deque[str] = deque()
+        self._wake = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self._on_overflow = on_overflow
+        self.closed = False
+
+    def put(self, text: str) -> bool:
+        if self.closed:
+            return False
+        if len(self._queue) >= self._limit:
+            self.closed = True
+            self._on_overflow()
+            return False
+        self._queue.append(text)
+        self._empty.clear()
+        self._wake.set()
+        return True
+
+    async def run(self) -> None:
+        queue = self._queue
+        while True:
+            while not queue:
+                self._empty.set()
+                self._wake.clear()
+                await self._wake.wait()
+            text = queue[0]
+            await self._send(text)
+            queue.popleft()
+
+    async def flush(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._empty.wait()
+
+
+class Connection:
+    def __init__(
+        self,
+        runtime: Runtime,
+        receive: Callable[[], Awaitable[dict]],
+        send: Callable[[dict], Awaitable[None]],
+    ) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self._receive = receive
+        self._send_asgi = send
+        s = self.settings
+        self.outbox = Outbox(self._send_text, s.ws_send_queue_max, self._overflow)
+        self.host = SessionHost(runtime, self.outbox.put)
+        self.messages = SlidingWindow(s.ws_max_messages_per_window, s.ws_message_window_seconds)
+        self.cancels = SlidingWindow(s.ws_max_cancels_per_window, s.ws_cancel_window_seconds)
+        self.last_inbound = time.monotonic()
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._closing = asyncio.Event()
+        self._max_bytes = s.ws_max_message_bytes
+        self._client_open = True  # until the client's close or disconnect arrives
+
+    async def _send_text(self, text: str) -> None:
+        await self._send_asgi({"type": "websocket.send", "text": text})
+
+    # --- closing --------------------------------------------------------------
+    def shutdown(self, code: int, reason: str) -> None:
+        """Ask the socket to close with ``code`` once queued frames are flushed."""
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+        self._closing.set()
+
+    def _overflow(self) -> None:
+        log.warning("closing a socket whose client stopped reading (%d frames queued)", self.settings.ws_send_queue_max)
+        self.shutdown(CLOSE_POLICY, "send queue full: client not reading")
+
+    # --- main loop --------------------------------------------------------------
+    async def serve(self) -> None:
+        sender = asyncio.create_task(self.outbox.run(), name="ws-sender")
+        reader = asyncio.create_task(self._read(), name="ws-reader")
+        idle = asyncio.create_task(self._idle(), name="ws-idle")
+        closing = asyncio.create_task(self._closing.wait())
+        try:
+            await asyncio.wait({reader, closing, sender}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, idle, closing):
+                task.cancel()
+            # Turns cut off by the close get no terminal frame; their engine requests are aborted.
+            await self.host.close()
+            if self.close_code is not None and not sender.done():
+                if self.close_code != CLOSE_POLICY:
+                    await self.outbox.flush(_CLOSE_TIMEOUT_S)
+            sender.cancel()
+            if self.close_code is not None and self._client_open:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                        await self._send_asgi(
+                            {"type": "websocket.close", "code": self.close_code or CLOSE_NORMAL, "reason": self.close_reason}
+                        )
+            if self.close_code is not None and self._client_open:
+                # Take what the client still sends until its close reply (or a deadline):
+                # left unread, Hypercorn's bounded app queue fills, its reader blocks and
+                # the TCP connection is never closed (one leaked socket per slow reader).
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                        while (await self._receive())["type"] != "websocket.disconnect":
+                            pass
+            for task in (reader, idle, closing, sender):
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _read(self) -> None:
+        receive = self._receive
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                self._client_open = False
+                return
+            if kind != "websocket.receive":
+                continue
+            received_at = time.perf_counter()
+            self.last_inbound = time.monotonic()
+            text = message.get("text")
+            if text is None:
+                data = message.get("bytes") or b""
+                if len(data) > self._max_bytes:
+                    self._too_large(len(data))
+                    return
+                self.outbox.put(frames.error_frame("invalid_message", "frames must be text (JSON), not binary"))
+                continue
+            if len(text) > self._max_bytes // 4 and len(text.encode()) > self._max_bytes:
+                self._too_large(len(text.encode()))
+                return
+            await self._handle(text, received_at)
+
+    def _too_large(self, size: int) -> None:
+        self.runtime.telemetry.error("message_too_large")
+        self.outbox.put(
+            frames.error_frame(
+                "message_too_large",
+                f"frame of {size} bytes is over WS_MAX_MESSAGE_BYTES ({self._max_bytes})",
+            )
+        )
+        self.shutdown(CLOSE_TOO_BIG, "message too large")
+
+    async def _handle(self, text: str, received_at: float) -> None:
+        try:
+            frame = frames.decode(text)
+        except FrameError as exc:
+            self._error(exc)
+            return
+        kind = frame.type
+        try:
+            if kind == "ping":
+                self.outbox.put(frames.encode("pong", frame.session_id, frame.request_id, frames.EMPTY))
+            elif kind == "pong":
+                return
+            elif kind in ("start", "message", "followup"):
+                wait = self.messages.admit()
+                if wait:
+                    self.runtime.telemetry.rate_limit_violation("message")
+                    raise FrameError(
+                        "rate_limited",
+                        f"over {self.messages.limit} start/message/followup per {self.messages.window_s:g}s",
+                        retry_after_ms=wait,
+                    )
+                if kind == "start":
+                    await self.host.start(frame, received_at)
+                elif kind == "message":
+                    await self.host.message(frame, received_at)
+                else:
+                    await self.host.followup(frame, received_at)
+            elif kind == "cancel":
+                wait = self.cancels.admit()
+                if wait:
+                    self.runtime.telemetry.rate_limit_violation("cancel")
+                    raise FrameError(
+                        "rate_limited",
+                        f"over {self.cancels.limit} cancel per {self.cancels.window_s:g}s",
+                        retry_after_ms=wait,
+                    )
+                self.host.cancel(frame)
+            elif kind == "end":
+                self.host.end(frame)
+                self.shutdown(CLOSE_NORMAL, "session ended")
+        except FrameError as exc:
+            exc.session_id = exc.session_id or frame.session_id
+            exc.request_id = exc.request_id or frame.request_id
+            self._error(exc)
+        except Exception as exc:  # a bug must cost one frame, not the socket
+            log.exception("handling a %s frame failed", kind)
+            self._error(
+                FrameError(
+                    "internal_error",
+                    f"the server failed on this frame: {type(exc).__name__}",
+                    session_id=frame.session_id,
+                    request_id=frame.request_id,
+                )
+            )
+
+    def _error(self, exc: FrameError) -> None:
+        self.runtime.telemetry.error(exc.code)
+        self.outbox.put(
+            frames.error_frame(
+                exc.code,
+                exc.message,
+                session_id=exc.session_id,
+                request_id=exc.request_id,
+                retryable=exc.retryable,
+                retry_after_ms=exc.retry_after_ms,
+                field=exc.field,
+            )
+        )
+
+    async def _idle(self) -> None:
+        timeout = self.settings.ws_idle_timeout_s
+        while True:
+            if self.host.running_turns:
+                await asyncio.sleep(timeout)
+                continue
+            quiet = time.monotonic() - max(self.last_inbound, self.host.idle_since)
+            if quiet >= timeout:
+                self.runtime.telemetry.timeout_disconnect()
+                self.shutdown(CLOSE_IDLE, "idle timeout")
+                return
+            await asyncio.sleep(timeout - quiet + 0.01)

@@ -1,0 +1,315 @@
+"""Prompt building: system prompt, history trimming and token budgets.
+
+The prompt is rendered with the chat model's own chat template, as
+``[system, *history, user]``. Its token ids are built segment by segment: the
+template is rendered once per conversation *shape* (the tuple of roles) with
+placeholder contents, which gives the text the template puts around each
+message; a segment is one message's content followed by the template text up
+to the next content. Segments are tokenized separately and cached, so
+
+- a turn only tokenizes what is new (the utterance, the last reply), and
+- the ids of turn N (generation prompt included) are, by construction, a prefix
+  of the ids of turn N+1: the engine's prefix cache hits.
+
+Every turn the real template is also rendered with the real contents and must
+equal the assembled text byte for byte; a template that treats contents
+specially (or a tokenizer that is not concatenation-safe, checked once at
+construction) is tokenized as a whole instead, which is correct but loses the
+by-construction prefix property. All methods are synchronous and pure CPU: the
+server runs them in a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Generic, TypeVar
+
+from yap_core.contracts import ChatTokenizer
+from yap_core.personas import Personas
+from yap_core.prompt_types import Message, PromptError, RenderedPrompt
+from yap_core.settings import CoreSettings
+
+__all__ = ["Message", "Personas", "PromptBuilder", "PromptError", "RenderedPrompt"]
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+# Private-use characters: no chat template emits them, so they mark where each
+# content sits in a rendered skeleton.
+_OPEN, _CLOSE = "\ue000", "\ue001"
+_PROBE = (("system", "Be brief."), ("user", "Hello there!"), ("assistant", "Hi. 12 apples?"),
+          ("user", "  naïve café, 3.5%\nok"))
+
+
+class _LRU(Generic[K, V]):
+    """A small thread-safe LRU: sessions render concurrently in worker threads."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._data: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self._size:
+                self._data.popitem(last=False)
+
+
+class _Assembled:
+    """One rendering: its text, ids, and the token length of each segment."""
+
+    __slots__ = ("text", "ids", "seg_lens")
+
+    def __init__(self, text: str, ids: tuple[int, ...], seg_lens: list[int] | None) -> None:
+        self.text = text
+        self.ids = ids
+        # seg_lens[0]: template header; seg_lens[k]: message k-1 (system first)
+        # with the template text that follows it. None: tokenized as a whole.
+        self.seg_lens = seg_lens
+
+
+class PromptBuilder:
+    def __init__(
+        self,
+        tokenizer: ChatTokenizer,
+        settings: CoreSettings,
+        max_model_len: int,
+        personas: Personas,
+        *,
+        cache_size: int = 8192,
+    ) -> None:
+        self._tok = tokenizer
+        self._settings = settings
+        self.max_model_len = max_model_len
+        self._personas = personas
+        self._ids_cache: _LRU[str, tuple[int, ...]] = _LRU(cache_size)
+        self._skeletons: _LRU[tuple[str, ...], tuple[str, ...] | tuple[()]] = _LRU(256)
+        # Contents must not smuggle control tokens (a user typing "<|im_end|>"
+        # would otherwise open a fake system turn): they are removed.
+        specials = sorted(getattr(tokenizer, "all_special_tokens", None) or [], key=len, reverse=True)
+        self._specials = re.compile("|".join(map(re.escape, specials))) if specials else None
+        self.segmented = self._concatenation_safe()
+        if not self.segmented:
+            log.warning(
+                "chat tokenizer is not concatenation-safe: prompts are tokenized whole "
+                "(correct, but token-level prefix stability is not guaranteed)"
+            )
+
+    # --- public API ------------------------------------------------------------
+
+    def system_prompt(self, chat_prompt: str | None, personality: str | None, gender: str | None) -> str:
+        """The session's system prompt: ``chat_prompt`` when given and not
+        blank, else the persona; refused past CHAT_PROMPT_MAX_TOKENS."""
+        if chat_prompt is not None and self._clean(chat_prompt):
+            text, field = self._clean(chat_prompt), "payload.chat_prompt"
+        else:
+            text, field = self._personas.compose(personality, gender), "payload.personality"
+        n = len(self._ids(text))
+        limit = self._settings.chat_prompt_max_tokens
+        if n > limit:
+            raise PromptError("invalid_payload", field, f"system prompt is {n} tokens; the limit is {limit}")
+        return text
+
+    def render(self, system: str, history: Sequence[Message], user_text: str, max_out: int) -> RenderedPrompt:
+        """The prompt for one turn, trimmed to the budgets."""
+        user = self._clean(user_text)
+        if not user:
+            raise PromptError("invalid_payload", "payload.user_utterance", "user_utterance is empty")
+        user, user_tokens = self._cap_user(user)
+        built, kept = self._fit(system, history, user, max_out)
+        return RenderedPrompt(token_ids=built.ids, text=built.text, history_used=kept, user_tokens=user_tokens)
+
+    def prefix(self, system: str, history: Sequence[Message]) -> tuple[int, ...]:
+        """Ids of the part of the next prompt already known (system, history
+        and the template's opening of the user message), for engine.prefill.
+        History is trimmed as ``render`` will trim it."""
+        built, n = self._fit(system, history, "", self._settings.chat_max_out)
+        if built.seg_lens is not None:
+            return built.ids[: len(built.ids) - built.seg_lens[-1]]
+        # Whole-text mode: the conversation so far, without a generation prompt.
+        kept = [{"role": m.role, "content": self._clean(m.content)} for m in history[len(history) - n :]]
+        text = self._template([{"role": "system", "content": system}, *kept], generation_prompt=False)
+        return tuple(self._tok.encode(text, add_special_tokens=False))
+
+    # --- budgets ---------------------------------------------------------------
+
+    def _cap_user(self, user: str) -> tuple[str, int]:
+        """Keep the beginning of the utterance within USER_UTT_MAX_TOKENS."""
+        ids = self._ids(user)
+        limit = self._settings.user_utt_max_tokens
+        if len(ids) <= limit:
+            return user, len(ids)
+        cut = limit
+        while True:
+            text = self._tok.decode(ids[:cut], skip_special_tokens=True)
+            # A cut inside a multi-byte character decodes to U+FFFD, and the
+            # cut text may re-tokenize longer: step back until it fits cleanly.
+            if cut > 1 and (text.endswith("\ufffd") or len(self._ids(text.strip())) > limit):
+                cut -= 1
+                continue
+            text = text.strip()
+            return text, len(self._ids(text))
+
+    def _fit(
+        self, system: str, history: Sequence[Message], user: str, max_out: int
+    ) -> tuple[_Assembled, int]:
+        """Render, dropping the oldest whole turns until history fits
+        HISTORY_MAX_TOKENS and prompt + max_out fits the context."""
+        system = self._clean(system)
+        budget = self._settings.history_max_tokens
+        first = self._pretrim(history, budget)
+        msgs = [(m.role, self._clean(m.content)) for m in history[first:]]
+        starts = _turn_starts(msgs)
+        context = self.max_model_len - max_out
+        start = 0
+        while True:
+            built = self._assemble(system, msgs[start:], user)
+            if self._history_tokens(built, msgs[start:]) <= budget and len(built.ids) <= context:
+                return built, len(msgs) - start
+            later = [s for s in starts if s > start]
+            if not later:
+                raise PromptError(
+                    "text_too_long",
+                    None,
+                    f"prompt is {len(built.ids)} tokens without history; with {max_out} reply "
+                    f"tokens it exceeds the model's context of {self.max_model_len}",
+                )
+            start = self._jump(built, start, later, budget, context)
+
+    def _pretrim(self, history: Sequence[Message], budget: int) -> int:
+        """Where to begin: the oldest whole turn whose contents alone fit the
+        budget. Contents are a lower bound of what the template makes of them,
+        so nothing the exact check would keep is lost; a long session's old
+        history is not even looked at (only the newest messages are walked)."""
+        total, oldest = 0, len(history)
+        for k in range(len(history) - 1, -1, -1):
+            total += len(self._ids(self._clean(history[k].content)))
+            if total > budget:
+                break
+            oldest = k
+        if oldest == 0:
+            return 0
+        for k in range(oldest, len(history)):
+            if history[k].role == "user":
+                return k
+        return len(history)
+
+    def _jump(self, built: _Assembled, start: int, later: list[int], budget: int, context: int) -> int:
+        """The first turn start that fits, judged from this rendering's segment
+        lengths (exact for the templates we know; the caller re-checks)."""
+        if built.seg_lens is None:
+            return later[0]
+        hist = built.seg_lens[2:-1]  # msgs[start:], one segment each
+        total, hist_total = len(built.ids), sum(hist)
+        for s in later:
+            dropped = sum(hist[: s - start])
+            if hist_total - dropped <= budget and total - dropped <= context:
+                return s
+        return later[-1]
+
+    def _history_tokens(self, built: _Assembled, msgs: list[tuple[str, str]]) -> int:
+        if not msgs:
+            return 0
+        if built.seg_lens is not None:
+            return sum(built.seg_lens[2:-1])  # contents with their template text
+        return sum(len(self._ids(c)) for _, c in msgs)  # whole-text mode: contents only
+
+    # --- rendering -------------------------------------------------------------
+
+    def _assemble(self, system: str, msgs: list[tuple[str, str]], user: str) -> _Assembled:
+        conv = [("system", system), *msgs, ("user", user)]
+        text = self._template([{"role": r, "content": c} for r, c in conv])
+        wrappers = self._skeleton(tuple(r for r, _ in conv)) if self.segmented else ()
+        if wrappers:
+            segments = [wrappers[0]] + [c + wrappers[i + 1] for i, (_, c) in enumerate(conv)]
+            if "".join(segments) == text:
+                parts = [self._ids(s) for s in segments]
+                ids = tuple(i for p in parts for i in p)
+                return _Assembled(text, ids, [len(p) for p in parts])
+        return _Assembled(text, tuple(self._tok.encode(text, add_special_tokens=False)), None)
+
+    def _template(self, conv: list[dict[str, str]], *, generation_prompt: bool = True) -> str:
+        try:
+            out = self._tok.apply_chat_template(
+                conv, tokenize=False, add_generation_prompt=generation_prompt
+            )
+        except Exception as exc:  # jinja raises TemplateError (e.g. roles must alternate)
+            raise PromptError("invalid_payload", "payload.history", f"chat template refused the history: {exc}") from exc
+        if not isinstance(out, str):
+            raise TypeError(f"apply_chat_template(tokenize=False) returned {type(out).__name__}, not str")
+        return out
+
+    def _skeleton(self, roles: tuple[str, ...]) -> tuple[str, ...] | tuple[()]:
+        """The template text around each content for this shape: n+1 strings,
+        or () when the template does not keep contents in order."""
+        cached = self._skeletons.get(roles)
+        if cached is not None:
+            return cached
+        marks = [f"{_OPEN}{i}{_CLOSE}" for i in range(len(roles))]
+        rendered = self._template([{"role": r, "content": m} for r, m in zip(roles, marks, strict=True)])
+        wrappers: list[str] = []
+        pos = 0
+        for m in marks:
+            at = rendered.find(m, pos)
+            if at < 0 or rendered.count(m) != 1:
+                self._skeletons.put(roles, ())
+                return ()
+            wrappers.append(rendered[pos:at])
+            pos = at + len(m)
+        wrappers.append(rendered[pos:])
+        if any(_OPEN in w or _CLOSE in w for w in wrappers):
+            self._skeletons.put(roles, ())
+            return ()
+        result = tuple(wrappers)
+        self._skeletons.put(roles, result)
+        return result
+
+    def _clean(self, content: str) -> str:
+        """Contents as rendered: without control tokens, without outer
+        whitespace (which would also blur the token boundary at their start)."""
+        if self._specials is not None:
+            content = self._specials.sub("", content)
+        return content.strip()
+
+    def _ids(self, text: str) -> tuple[int, ...]:
+        ids = self._ids_cache.get(text)
+        if ids is None:
+            ids = tuple(self._tok.encode(text, add_special_tokens=False))
+            self._ids_cache.put(text, ids)
+        return ids
+
+    def _concatenation_safe(self) -> bool:
+        """Does tokenizing segments and concatenating give the same ids as
+        tokenizing the whole rendering? Checked once, on a probe conversation."""
+        conv = [{"role": r, "content": c.strip()} for r, c in _PROBE]
+        text = self._template(conv)
+        wrappers = self._skeleton(tuple(r for r, _ in _PROBE))
+        if not wrappers:
+            return False
+        segments = [wrappers[0]] + [m["content"] + wrappers[i + 1] for i, m in enumerate(conv)]
+        if "".join(segments) != text:
+            return False
+        joined = [i for s in segments for i in self._tok.encode(s, add_special_tokens=False)]
+        return joined == list(self._tok.encode(text, add_special_tokens=False))
+
+
+def _turn_starts(msgs: list[tuple[str, str]]) -> list[int]:
+    """Indices where a whole turn begins: each user message (and index 0, for
+    a history that opens with the assistant). Trimming drops up to one of these."""
+    starts = [i for i, (role, _) in enumerate(msgs) if role == "user" and i > 0]
+    return [*starts, len(msgs)] if msgs else []

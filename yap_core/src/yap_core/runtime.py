@@ -1,0 +1,255 @@
+"""One deployment at run time: the selected plugins, their state, and counts.
+
+Built from ``Config`` before anything loads (bad settings or a missing plugin
+fail here, in one line), then started: models load with progress output while
+/healthz answers 503 ``starting``. Holds the server's state
+(starting/ready/draining/unhealthy), the connection slots and the number of
+turns running, and answers /status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Literal
+
+import msgspec
+
+from yap_core import __version__ as core_version
+from yap_core.contracts import Classifier, Engine, Progress, Sampling
+from yap_core.plugins import PluginError, PluginHost, installed_plugins
+from yap_core.settings import Config, CoreSettings
+from yap_core.telemetry import Telemetry
+
+log = logging.getLogger("yap.runtime")
+
+State = Literal["starting", "ready", "draining", "unhealthy"]
+
+
+class Capacity(msgspec.Struct):
+    active: int
+    max: int
+    available: int
+    at_capacity: bool
+
+
+class ChatParts:
+    """What a chat turn needs once the engine is up: prompt builder, personas,
+    banned-phrase bias. Built in ``Runtime.start`` (tokenizer work in a thread)."""
+
+    def __init__(self, builder: Any, logit_bias: dict[int, float]) -> None:
+        self.builder = builder
+        self.logit_bias = logit_bias
+
+
+def _check_shape(obj: object, protocol: type, what: str) -> None:
+    """Like isinstance against a runtime-checkable Protocol, without evaluating
+    properties (an engine's tokenizer exists only after start)."""
+    names = [n for n in dir(protocol) if not n.startswith("_")]
+    names += list(getattr(protocol, "__annotations__", {}))
+    own = getattr(obj, "__dict__", {})
+    missing = sorted({n for n in names if not hasattr(type(obj), n) and n not in own})
+    if missing:
+        raise PluginError(f"{what} does not satisfy yap_core.contracts.{protocol.__name__}: missing {', '.join(missing)}")
+
+
+class Runtime:
+    def __init__(self, config: Config, settings: CoreSettings, telemetry: Telemetry | None = None) -> None:
+        self.config = config
+        self.settings = settings
+        self.telemetry = telemetry or Telemetry(config.env, engine=settings.inference_engine, settings=settings)
+        self.state: State = "starting"
+        self.detail = "loading models"
+        self.started_at = time.monotonic()
+        self.connections = 0
+        self.active_turns = 0
+        self.host = PluginHost()
+        self.selected: list[str] = []
+        self.engine: Engine | None = None
+        self.classifier: Classifier | None = None
+        self.chat: ChatParts | None = None
+        self.unsupported: frozenset[str] = frozenset()
+        self.default_sampling = Sampling(
+            temperature=settings.chat_temperature,
+            top_p=settings.chat_top_p,
+            top_k=settings.chat_top_k,
+            min_p=settings.chat_min_p,
+            repetition_penalty=settings.chat_repetition_penalty,
+            presence_penalty=settings.chat_presence_penalty,
+            frequency_penalty=settings.chat_frequency_penalty,
+            max_tokens=settings.chat_max_out,
+        )
+        # Fires when the state leaves "ready" for good (engine died) or the drain ends.
+        self.stopped = asyncio.Event()
+        self._turns_idle = asyncio.Event()
+        self._turns_idle.set()
+        self._build()
+
+    # --- construction: no model loads here ---------------------------------
+    def _build(self) -> None:
+        s = self.settings
+        if s.deploy_mode != "tool":
+            self.selected.append(s.inference_engine)
+        if s.deploy_mode != "chat" and s.tool_classifier not in self.selected:
+            self.selected.append(s.tool_classifier)
+        for name in self.selected:
+            self.host.load(name)
+        if s.deploy_mode != "tool":
+            engine = self.host.engine_factory(s.inference_engine)(self.config)
+            _check_shape(engine, Engine, f"engine {s.inference_engine!r}")
+            self.engine = engine
+        if s.deploy_mode != "chat":
+            classifier = self.host.classifier_factory(s.tool_classifier)(self.config)
+            _check_shape(classifier, Classifier, f"classifier {s.tool_classifier!r}")
+            self.classifier = classifier
+
+    # --- start / stop ---------------------------------------------------------
+    async def start(self, progress: Progress) -> None:
+        """Load and warm every deployed model; then state is ready."""
+        t0 = time.monotonic()
+        if self.engine is not None:
+            progress(f"engine {self.engine.name}: loading")
+            await self.engine.start(progress)
+            self.unsupported = frozenset(self.engine.unsupported_sampling())
+            if self.unsupported:
+                log.warning(
+                    "engine %s cannot honour sampling keys: %s; requests setting them get invalid_payload",
+                    self.engine.name,
+                    ", ".join(sorted(self.unsupported)),
+                )
+            progress("prompt builder: reading the chat template, personas and banned phrases")
+            self.chat = await asyncio.to_thread(self._chat_parts, self.engine)
+            await self._warm(progress)
+        if self.classifier is not None:
+            progress(f"classifier {self.classifier.name}: loading")
+            await self.classifier.start(progress)
+        self.state = "ready"
+        self.detail = ""
+        seconds = time.monotonic() - t0
+        self.telemetry.startup(seconds)
+        progress(f"ready in {seconds:.1f}s")
+
+    def _chat_parts(self, engine: Engine) -> ChatParts:
+        from yap_core.banned import load_phrases, logit_bias
+        from yap_core.prompts import Personas, PromptBuilder
+
+        personas = Personas.load(self.settings.personas_file)
+        builder = PromptBuilder(engine.tokenizer, self.settings, engine.max_model_len, personas)
+        bias: dict[int, float] = {}
+        phrases = load_phrases(self.settings.banned_phrases_file)
+        if phrases and "logit_bias" in self.unsupported:
+            log.warning("engine %s has no logit bias: banned phrases are not applied", engine.name)
+        elif phrases:
+            bias = logit_bias(engine.tokenizer, phrases)
+        return ChatParts(builder, bias)
+
+    async def _warm(self, progress: Progress) -> None:
+        """One short generation so the first client turn pays no warm-up."""
+        from yap_core.contracts import GenerationRequest
+
+        assert self.engine is not None and self.chat is not None
+        progress("engine: warm-up generation")
+        builder = self.chat.builder
+        system = await asyncio.to_thread(builder.system_prompt, None, None, None)
+        rendered = await asyncio.to_thread(builder.render, system, (), "Hello!", 2)
+        request = GenerationRequest(
+            request_id="warmup",
+            prompt_token_ids=rendered.token_ids,
+            sampling=msgspec.structs.replace(self.default_sampling, max_tokens=2),
+        )
+        stream = self.engine.stream(request)
+        try:
+            async for _ in stream:
+                pass
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        if self.classifier is not None:
+            await self.classifier.close()
+        if self.engine is not None:
+            await self.engine.close()
+        await self.telemetry.aclose()
+
+    def mark_unhealthy(self, detail: str) -> None:
+        if self.state != "unhealthy":
+            log.error("unhealthy: %s", detail)
+        self.state = "unhealthy"
+        self.detail = detail
+        self.stopped.set()
+
+    # --- connections and turns ---------------------------------------------
+    @property
+    def max_connections(self) -> int:
+        return self.settings.max_concurrent_connections
+
+    def capacity(self) -> Capacity:
+        available = max(0, self.max_connections - self.connections)
+        return Capacity(self.connections, self.max_connections, available, available == 0)
+
+    def try_acquire_connection(self) -> bool:
+        if self.connections >= self.max_connections:
+            return False
+        self.connections += 1
+        return True
+
+    def release_connection(self) -> None:
+        self.connections -= 1
+
+    def turn_started(self) -> None:
+        self.active_turns += 1
+        self._turns_idle.clear()
+
+    def turn_finished(self) -> None:
+        self.active_turns -= 1
+        if self.active_turns == 0:
+            self._turns_idle.set()
+
+    async def wait_turns_idle(self, seconds: float) -> bool:
+        try:
+            async with asyncio.timeout(seconds):
+                await self._turns_idle.wait()
+            return True
+        except TimeoutError:
+            return False
+
+    # --- /status --------------------------------------------------------------
+    def plugin_versions(self) -> list[dict[str, str]]:
+        found = {p.name: p.version for p in installed_plugins(self.selected)}
+        return [{"name": n, "version": found.get(n, core_version)} for n in self.selected]
+
+    async def status(self) -> dict[str, Any]:
+        engine: dict[str, Any] = {"name": None, "version": None}
+        if self.engine is not None:
+            stats = None
+            if self.state in ("ready", "draining"):
+                try:
+                    stats = msgspec.to_builtins(await self.engine.stats())
+                except Exception as exc:  # the engine died: say so rather than fail /status
+                    self.mark_unhealthy(f"engine stats failed: {exc}")
+            engine = {
+                "name": self.engine.name,
+                "version": self.engine.version,
+                "max_model_len": self.engine.max_model_len,
+                "unsupported_sampling": sorted(self.unsupported),
+                "stats": stats,
+            }
+        return {
+            "status": self.state,
+            "engine": engine,
+            "classifier": None
+            if self.classifier is None
+            else {"name": self.classifier.name, "model": self.classifier.model_id},
+            "models": {
+                "chat": self.engine.model_id if self.engine else None,
+                "tool": self.classifier.model_id if self.classifier else None,
+            },
+            "deploy_mode": self.settings.deploy_mode,
+            "connections": msgspec.to_builtins(self.capacity()),
+            "active_turns": self.active_turns,
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+            "plugins": self.plugin_versions(),
+            "core_version": core_version,
+        }
+

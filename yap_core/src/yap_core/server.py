@@ -1,0 +1,163 @@
+"""``yap serve``: Hypercorn + the Starlette app, with start-up and drain.
+
+Settings and plugins are checked before any model loads (one line, exit 2 via
+``cli.main``). The socket is bound at once and /healthz answers 503
+``starting`` while models load with progress output. SIGTERM (or Ctrl-C)
+drains: new sockets are refused (1001), /healthz answers 503 ``draining``,
+running turns may finish for DRAIN_TIMEOUT_S, then every socket is closed with
+1001. If the engine dies (its ``stats()`` fails), /healthz turns ``unhealthy``
+and the process exits 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+import click
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config as HypercornConfig
+
+from yap_core.accesslog import RedactingLogger
+from yap_core.app import YapApp
+from yap_core.connection import CLOSE_GOING_AWAY
+from yap_core.runtime import Runtime
+from yap_core.settings import Config, load_core
+
+log = logging.getLogger("yap.server")
+
+# Hypercorn cuts a frame this many times over WS_MAX_MESSAGE_BYTES while it
+# arrives (1009, no error frame); frames between the limit and this cap are
+# read whole and answered with `message_too_large` before the 1009 close.
+HARD_FRAME_FACTOR = 4
+HEALTH_INTERVAL_S = 1.0
+HEALTH_TIMEOUT_S = 10.0
+
+
+def _progress(line: str) -> None:
+    click.echo(f"yap: {line}", err=True)
+
+
+def hypercorn_config(
+    host: str, port: int, certfile: str | None, keyfile: str | None, access_log: bool, max_message_bytes: int
+) -> HypercornConfig:
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.certfile = certfile
+    config.keyfile = keyfile
+    config.accesslog = "-" if access_log else None
+    # The request line with its query string (api_key redacted by RedactingLogger).
+    config.access_log_format = '%(h)s "%(R)s" %(s)s %(b)s %(L)ss "%(a)s"'
+    config.errorlog = logging.getLogger("hypercorn.error")  # through the root handler, once
+    config.logger_class = RedactingLogger
+    config.websocket_max_message_size = max_message_bytes * HARD_FRAME_FACTOR
+    config.graceful_timeout = 5.0
+    return config
+
+
+async def _watch_engine(runtime: Runtime) -> None:
+    """Mark the runtime unhealthy when the engine stops answering."""
+    engine = runtime.engine
+    if engine is None:
+        return
+    while runtime.state in ("ready", "draining"):
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                await engine.stats()
+        except Exception as exc:
+            runtime.mark_unhealthy(f"engine {engine.name} stopped answering: {type(exc).__name__}: {exc}")
+            return
+        await asyncio.sleep(HEALTH_INTERVAL_S)
+
+
+async def run_server(app: YapApp, hconfig: HypercornConfig) -> int:
+    """Serve until SIGTERM/SIGINT (exit 0) or until the engine dies (exit 1)."""
+    runtime = app.runtime
+    stop_server = asyncio.Event()
+    term = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, term.set)
+    server = asyncio.create_task(hypercorn_serve(app.asgi, hconfig, shutdown_trigger=stop_server.wait, mode="asgi"))
+    starting = asyncio.create_task(runtime.start(_progress))
+    watcher: asyncio.Task[None] | None = None
+    term_wait = asyncio.create_task(term.wait())
+    died = asyncio.create_task(runtime.stopped.wait())
+    code = 0
+    try:
+        done, _ = await asyncio.wait({server, starting, term_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if starting in done and starting.exception() is not None:
+            exc = starting.exception()
+            runtime.mark_unhealthy(f"start-up failed: {exc}")
+            _progress(f"start-up failed: {type(exc).__name__}: {exc}")
+            return 1
+        if server in done:
+            _progress(f"server stopped: {server.exception() or 'unexpectedly'}")
+            return 1
+        if starting in done:
+            watcher = asyncio.create_task(_watch_engine(runtime))
+            done, _ = await asyncio.wait({server, term_wait, died}, return_when=asyncio.FIRST_COMPLETED)
+        if server in done:
+            _progress(f"server stopped: {server.exception() or 'unexpectedly'}")
+            return 1
+        if died in done:
+            _progress(f"unhealthy: {runtime.detail}; exiting")
+            code = 1
+            await app.close_all(1011, "server unhealthy")
+            return code
+        # Drain: refuse new sockets and turns, let running turns finish.
+        runtime.state = "draining"
+        runtime.detail = "shutting down"
+        _progress(f"draining: up to {runtime.settings.drain_timeout_s:g}s for {runtime.active_turns} running turn(s)")
+        term.clear()
+        term_wait = asyncio.create_task(term.wait())  # a second signal stops at once
+        idle = asyncio.create_task(runtime.wait_turns_idle(runtime.settings.drain_timeout_s))
+        await asyncio.wait({idle, term_wait}, return_when=asyncio.FIRST_COMPLETED)
+        idle.cancel()
+        await app.close_all(CLOSE_GOING_AWAY, "server shutting down")
+        return code
+    finally:
+        for task in (starting, term_wait, died, watcher):
+            if task is not None:
+                task.cancel()
+        stop_server.set()
+        with contextlib.suppress(BaseException):
+            await server
+        with contextlib.suppress(Exception):
+            await runtime.close()
+        _progress("stopped")
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to bind.")
+@click.option("--certfile", type=click.Path(exists=True, dir_okay=False), help="TLS certificate (PEM): serve wss://.")
+@click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), help="TLS private key (PEM).")
+@click.option("--access-log/--no-access-log", default=True, show_default=True, help="Hypercorn access log (keys redacted).")
+def serve_command(host: str, port: int, certfile: str | None, keyfile: str | None, access_log: bool) -> None:
+    """Run the Yap server (WebSocket /ws, /healthz, /status)."""
+    if (certfile is None) != (keyfile is None):
+        raise click.UsageError("--certfile and --keyfile go together")
+    config = Config.discover()
+    settings = load_core(config)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runtime = Runtime(config, settings)  # plugins imported and built; nothing loaded yet
+    app = YapApp(runtime)  # auth settings (TRUSTED_PROXIES ...) checked here
+    hconfig = hypercorn_config(host, port, certfile, keyfile, access_log, settings.ws_max_message_bytes)
+    _progress(
+        f"deploy mode {settings.deploy_mode}: "
+        + ", ".join(f"{kind} {name}" for kind, name in _selected(runtime))
+    )
+    sys.exit(asyncio.run(run_server(app, hconfig)))
+
+
+def _selected(runtime: Runtime) -> list[tuple[str, str]]:
+    out = []
+    if runtime.engine is not None:
+        out.append(("engine", runtime.engine.name))
+    if runtime.classifier is not None:
+        out.append(("classifier", runtime.classifier.name))
+    return out

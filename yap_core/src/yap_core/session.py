@@ -1,0 +1,301 @@
+"""Sessions of one socket: start, message, followup, cancel, end.
+
+Sessions belong to the socket that started them (one socket may hold several)
+and end with it. A valid start/message/followup of a session whose turn is
+running barges in: the old turn's ``cancelled`` is queued first, then the new
+turn starts. Invalid, rate-limited or other-session frames never touch a
+running turn: everything that can reject a frame is checked before the
+barge-in. Turns of one session run one after another (a new turn waits for the
+previous task to record its history), so history is never read half-written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any
+
+import msgspec
+from msgspec import UNSET
+
+from yap_core import frames
+from yap_core.contracts import Sampling
+from yap_core.frames import FrameError, WireSampling
+from yap_core.prompt_types import Message, PromptError
+from yap_core.runtime import Runtime
+from yap_core.turn import Emit, Turn, TurnRunner, TurnSpec
+
+log = logging.getLogger("yap.session")
+
+_ENGINE_KEYS = tuple(k for k in WireSampling.__struct_fields__ if k != "sanitize_output")
+
+
+class Session:
+    def __init__(
+        self, session_id: str, system: str, history: list[Message], sampling: WireSampling | None, span: Any
+    ) -> None:
+        self.id = session_id
+        self.span = span  # the session's trace span handle (Telemetry.session_opened)
+        self.system = system
+        self.history = history
+        self.sampling = sampling
+        self.turn: Turn | None = None  # the running turn, if any
+        self.last_task: asyncio.Task[None] | None = None  # the latest turn or prefill task
+
+    @property
+    def running(self) -> Turn | None:
+        turn = self.turn
+        return turn if turn is not None and turn.open else None
+
+
+def merge_sampling(base: WireSampling | None, over: WireSampling | None) -> WireSampling | None:
+    """Keys set in ``over`` win over ``base``."""
+    if over is None:
+        return base
+    if base is None:
+        return over
+    changes = {k: getattr(over, k) for k in WireSampling.__struct_fields__ if getattr(over, k) is not UNSET}
+    return msgspec.structs.replace(base, **changes)
+
+
+class SessionHost:
+    """The session-level protocol of one socket."""
+
+    def __init__(self, runtime: Runtime, emit: Emit) -> None:
+        self.runtime = runtime
+        self._out = emit
+        self.closed = False  # after `end` or the socket's close nothing more is sent
+        self.sessions: dict[str, Session] = {}
+        self.running_turns = 0  # of this socket, for the idle timer
+        self.idle_since = time.monotonic()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def emit(self, text: str) -> bool:
+        return not self.closed and self._out(text)
+
+    # --- helpers ----------------------------------------------------------------
+    def check_sampling(self, wire: WireSampling | None) -> None:
+        """Reject keys the engine cannot honour and max_tokens over CHAT_MAX_OUT."""
+        if wire is None:
+            return
+        for key in _ENGINE_KEYS:
+            if getattr(wire, key) is not UNSET and key in self.runtime.unsupported:
+                field = f"payload.sampling.{key}"
+                raise FrameError(
+                    "invalid_payload",
+                    f"{field}: the {self.runtime.engine.name} engine cannot honour {key}",  # type: ignore[union-attr]
+                    field=field,
+                )
+        limit = self.runtime.settings.chat_max_out
+        if wire.max_tokens is not UNSET and wire.max_tokens > limit:
+            raise FrameError(
+                "invalid_payload",
+                f"payload.sampling.max_tokens: Expected `int` <= {limit} (CHAT_MAX_OUT)",
+                field="payload.sampling.max_tokens",
+            )
+
+    def resolve(self, wire: WireSampling | None) -> tuple[Sampling, bool]:
+        base = self.runtime.default_sampling
+        sanitize = True
+        if wire is None:
+            sampling = base
+        else:
+            changes = {k: getattr(wire, k) for k in _ENGINE_KEYS if getattr(wire, k) is not UNSET}
+            sampling = msgspec.structs.replace(base, **changes) if changes else base
+            if wire.sanitize_output is not UNSET:
+                sanitize = wire.sanitize_output
+        if self.runtime.chat is not None and self.runtime.chat.logit_bias:
+            sampling = msgspec.structs.replace(sampling, logit_bias=self.runtime.chat.logit_bias)
+        return sampling, sanitize
+
+    def _not_draining(self) -> None:
+        if self.runtime.state != "ready":
+            raise FrameError(
+                "engine_unavailable",
+                f"the server is {self.runtime.state}; reconnect and retry",
+            )
+
+    def _barge_in(self, session: Session | None) -> asyncio.Task[None] | None:
+        if session is None:
+            return None
+        turn = session.running
+        if turn is not None:
+            turn.cancel("barge_in", announce=True)
+        return session.last_task
+
+    def _launch(self, session: Session, request_id: str | None, spec: TurnSpec, previous: asyncio.Task[None] | None) -> None:
+        turn = Turn(session.id, request_id or str(uuid.uuid4()), self.emit)
+        runner = TurnRunner(self.runtime, turn, spec, session.system, session.history, session.span)
+        session.turn = turn
+        task = asyncio.create_task(self._run(runner, previous), name=f"turn-{turn.request_id}")
+        turn.task = task
+        session.last_task = task
+        self._track(task)
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, runner: TurnRunner, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None and not previous.done():
+            # The previous turn records its (partial) reply before we render.
+            await asyncio.wait([previous])
+        self.running_turns += 1
+        try:
+            await runner.run()
+        finally:
+            self.running_turns -= 1
+            self.idle_since = time.monotonic()
+
+    # --- frames -------------------------------------------------------------------
+    async def start(self, frame: frames.ClientFrame, received_at: float) -> None:
+        payload = frame.payload
+        assert isinstance(payload, frames.StartPayload) and frame.session_id is not None
+        self._not_draining()
+        self.check_sampling(payload.sampling)
+        system = ""
+        builder = self.runtime.chat.builder if self.runtime.chat is not None else None
+        if builder is not None:
+            try:
+                system = await asyncio.to_thread(
+                    builder.system_prompt, payload.chat_prompt, payload.personality, payload.gender
+                )
+            except PromptError as exc:
+                message = f"{exc.field}: {exc.message}" if exc.field else exc.message
+                raise FrameError(exc.code, message, field=exc.field) from None
+        history = [Message(role=h.role, content=h.content) for h in payload.history]
+        old = self.sessions.get(frame.session_id)
+        previous = self._barge_in(old)
+        tele = self.runtime.telemetry
+        if old is not None:
+            tele.session_churn()
+            tele.session_closed(old.span, "replaced")
+        span = tele.session_opened(frame.session_id, {"deploy_mode": self.runtime.settings.deploy_mode})
+        session = Session(frame.session_id, system, history, payload.sampling, span)
+        self.sessions[frame.session_id] = session
+        if payload.user_utterance is not None:
+            sampling, sanitize = self.resolve(session.sampling)
+            spec = TurnSpec(kind="utterance", text=payload.user_utterance, sampling=sampling, sanitize=sanitize, received_at=received_at)
+            self._launch(session, frame.request_id, spec, previous)
+            return
+        request_id = frame.request_id or str(uuid.uuid4())
+        session.turn = None
+        session.last_task = asyncio.create_task(self._prefill(session, request_id, previous))
+        self._track(session.last_task)
+
+    async def _prefill(self, session: Session, request_id: str, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        cached = 0
+        rt = self.runtime
+        try:
+            if rt.engine is not None and rt.chat is not None:
+                ids = await asyncio.to_thread(rt.chat.builder.prefix, session.system, tuple(session.history))
+                cached = await rt.engine.prefill(ids)
+        except PromptError as exc:
+            rt.telemetry.error(exc.code)
+            self.emit(frames.error_frame(exc.code, exc.message, session_id=session.id, request_id=request_id, field=exc.field))
+            return
+        except Exception as exc:
+            log.exception("prefill failed")
+            rt.telemetry.error("internal_error")
+            self.emit(frames.error_frame("internal_error", f"prefill failed: {type(exc).__name__}", session_id=session.id, request_id=request_id))
+            return
+        self.emit(frames.encode("ready", session.id, request_id, frames.ReadyPayload(cached)))
+
+    async def message(self, frame: frames.ClientFrame, received_at: float) -> None:
+        payload = frame.payload
+        assert isinstance(payload, frames.MessagePayload) and frame.session_id is not None
+        session = self._session(frame)
+        self._not_draining()
+        self.check_sampling(payload.sampling)
+        previous = self._barge_in(session)
+        sampling, sanitize = self.resolve(merge_sampling(session.sampling, payload.sampling))
+        spec = TurnSpec(kind="utterance", text=payload.user_utterance, sampling=sampling, sanitize=sanitize, received_at=received_at)
+        self._launch(session, frame.request_id, spec, previous)
+
+    async def followup(self, frame: frames.ClientFrame, received_at: float) -> None:
+        payload = frame.payload
+        assert isinstance(payload, frames.FollowupPayload) and frame.session_id is not None
+        session = self._session(frame)
+        if self.runtime.engine is None:
+            raise FrameError(
+                "engine_unavailable",
+                "followup needs a chat model; this deployment runs the classifier only (DEPLOY_MODE=tool)",
+                retryable=False,
+            )
+        self._not_draining()
+        previous = self._barge_in(session)
+        sampling, sanitize = self.resolve(session.sampling)
+        spec = TurnSpec(kind="followup", text=payload.analysis_text, sampling=sampling, sanitize=sanitize, received_at=received_at)
+        self._launch(session, frame.request_id, spec, previous)
+
+    def _session(self, frame: frames.ClientFrame) -> Session:
+        session = self.sessions.get(frame.session_id or "")
+        if session is None:
+            raise FrameError(
+                "session_not_found",
+                f"no session {frame.session_id!r} on this connection; send `start` first",
+            )
+        return session
+
+    def cancel(self, frame: frames.ClientFrame) -> None:
+        payload = frame.payload
+        assert isinstance(payload, frames.CancelPayload)
+        targets = self._targets(frame)
+        for turn in targets:
+            turn.cancel(payload.reason, announce=True)
+        if not targets:
+            # Nothing running: still exactly one answer.
+            self.emit(
+                frames.encode("cancelled", frame.session_id, frame.request_id, frames.CancelledPayload(payload.reason))
+            )
+
+    def _targets(self, frame: frames.ClientFrame) -> list[Turn]:
+        if frame.session_id is not None:
+            session = self.sessions.get(frame.session_id)
+            turn = session.running if session else None
+            return [turn] if turn is not None else []
+        running = [s.running for s in self.sessions.values() if s.running is not None]
+        if frame.request_id is not None:
+            return [t for t in running if t is not None and t.request_id == frame.request_id]
+        return [t for t in running if t is not None]
+
+    def end(self, frame: frames.ClientFrame) -> None:
+        """Cancel what runs on the socket (announced), then ``session_end``; the
+        caller closes 1000, which ends every session of the socket."""
+        for turn in self._targets_all():
+            turn.cancel("end", announce=True)
+        self.emit(frames.encode("session_end", frame.session_id, frame.request_id, frames.EMPTY))
+        self.closed = True
+        self._close_spans("end")
+
+    def _targets_all(self) -> list[Turn]:
+        return [s.running for s in self.sessions.values() if s.running is not None]  # type: ignore[misc]
+
+    async def close(self) -> None:
+        """The socket is gone: stop every turn without frames and wait for the
+        engine aborts to complete."""
+        self.closed = True
+        for session in self.sessions.values():
+            turn = session.turn
+            if turn is not None and turn.open:
+                turn.cancel("disconnect", announce=False)
+        tasks = list(self.tasks)
+        for task in tasks:
+            if not task.cancelling():  # a second cancel could cut the engine abort short
+                task.cancel()
+        if tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*tasks, return_exceptions=True)
+        self._close_spans("closed")
+
+    def _close_spans(self, reason: str) -> None:
+        tele = self.runtime.telemetry
+        for session in self.sessions.values():
+            tele.session_closed(session.span, reason)
+            tele.session_churn()
+        self.sessions.clear()

@@ -1,0 +1,277 @@
+"""The chat engine on vLLM's V1 ``AsyncLLM`` (written against vLLM 0.25.1).
+
+Requests go in as token ids (``tokens_input``: the engine input vLLM's own
+renderer produces, so vLLM skips its prompt preprocessing) with ``RequestOutputKind.DELTA``,
+so each ``RequestOutput`` carries only the new tokens and text; each becomes
+one core ``Delta``. Ending the stream early (``aclose``, task cancellation)
+closes vLLM's ``generate()`` generator, which aborts the request in the
+engine core; ``abort(request_id)`` aborts by the id the core gave, and the
+stream then ends with ``finish_reason="abort"``.
+
+vllm is imported in ``start()`` only, so listing or selecting other engines
+never imports it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from yap_core.contracts import (
+    ChatTokenizer,
+    Delta,
+    EngineStats,
+    FinishReason,
+    GenerationRequest,
+    Progress,
+    Sampling,
+)
+from yap_core.settings import CoreSettings, SettingsError
+
+from yap_engines_vllm import quant
+from yap_engines_vllm.sampling import sampling_kwargs
+from yap_engines_vllm.settings import VllmSettings, gpu_fraction, validate
+from yap_engines_vllm.stats import SchedulerSnapshot, stat_logger_factory
+
+log = logging.getLogger(__name__)
+
+# vLLM's finish reasons (vllm.v1.engine.FINISH_REASON_STRINGS) -> the core's.
+# "repetition" (vLLM's repetition detector ended it) is a normal stop for a client.
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "abort": "abort",
+    "error": "error",
+    "repetition": "stop",
+}
+
+# The start-up request: sampled (not greedy), so the first real turn does not
+# pay for compiling vLLM's sampling kernels.
+_WARMUP = Sampling(temperature=0.7, top_p=0.9, top_k=50, repetition_penalty=1.1, max_tokens=8, seed=0)
+
+
+class VllmEngine:
+    name = "vllm"
+
+    def __init__(self, core: CoreSettings, settings: VllmSettings) -> None:
+        if not core.chat_model:
+            raise SettingsError(
+                "CHAT_MODEL is required with INFERENCE_ENGINE=vllm: a local checkpoint folder or a hub id"
+            )
+        validate(settings, core)
+        self._core = core
+        self._settings = settings
+        self.model_id = core.chat_model
+        self.version = _installed_vllm_version()
+        self.max_model_len = settings.chat_max_len or _config_max_len(core.chat_model) or 0
+        self._llm: Any = None
+        self._tokenizer: ChatTokenizer | None = None
+        self._snapshot = SchedulerSnapshot()
+        # Requests this engine has in vLLM now: external id -> one marker per
+        # stream/prefill (vLLM accepts repeated ids; abort(id) ends them all).
+        self._inflight: dict[str, set[object]] = {}
+        # vLLM names used on the hot path, bound at start()
+        self._SamplingParams: Any = None
+        self._tokens_input: Any = None
+        self._DELTA: Any = None
+        self._FINAL_ONLY: Any = None
+        self.quant_plan: quant.QuantPlan | None = None
+        self.engine_kwargs_used: dict[str, Any] = {}
+
+    # --- control -------------------------------------------------------------
+    @property
+    def async_llm(self) -> Any:
+        """The running vLLM AsyncLLM (benchmarks compare against it directly)."""
+        return self._require()
+
+    @property
+    def tokenizer(self) -> ChatTokenizer:
+        if self._tokenizer is None:
+            raise RuntimeError("the vLLM engine is not started: call start() first")
+        return self._tokenizer
+
+    def unsupported_sampling(self) -> frozenset[str]:
+        return frozenset()  # every Sampling key maps onto SamplingParams (see sampling.py)
+
+    def engine_kwargs(self, sm: tuple[int, int] | None) -> dict[str, Any]:
+        """The AsyncEngineArgs this deployment's settings ask for."""
+        s, core = self._settings, self._core
+        self.quant_plan = quant.plan(self.model_id, s.chat_quantization, sm)
+        kwargs: dict[str, Any] = {
+            "model": self.model_id,
+            "tokenizer": s.chat_tokenizer,
+            "dtype": s.chat_dtype,
+            "load_format": s.chat_load_format,
+            "quantization": self.quant_plan.quantization,
+            "max_model_len": s.chat_max_len,
+            "gpu_memory_utilization": gpu_fraction(s, core),
+            "max_num_seqs": s.max_num_seqs,
+            "enable_prefix_caching": s.enable_prefix_caching,
+            "enable_chunked_prefill": s.enable_chunked_prefill,
+            "max_num_batched_tokens": s.max_num_batched_tokens,
+            "stream_interval": s.stream_interval,
+            "kv_cache_dtype": s.kv_dtype,
+            "enforce_eager": s.enforce_eager,
+            "tensor_parallel_size": s.tensor_parallel_size,
+            "attention_backend": s.attention_backend,
+            "seed": s.chat_seed,
+            # scheduler stats flow only with stats on; they feed stats()
+            "disable_log_stats": False,
+            "enable_log_requests": False,
+        }
+        # None means "vLLM's default": leave those out rather than pass None explicitly
+        return {k: v for k, v in kwargs.items() if v is not None}
+
+    async def start(self, progress: Progress | None = None) -> None:
+        say = progress or (lambda line: log.info("%s", line))
+        if self._llm is not None:
+            return
+        t0 = time.perf_counter()
+        say("vllm: importing vllm")
+        import vllm
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.inputs import tokens_input
+        from vllm.platforms import current_platform
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.version = vllm.__version__
+        self._SamplingParams, self._tokens_input = SamplingParams, tokens_input
+        self._DELTA, self._FINAL_ONLY = RequestOutputKind.DELTA, RequestOutputKind.FINAL_ONLY
+        # NVML query: does not initialise CUDA in this process (the engine core forks)
+        cap = current_platform.get_device_capability()
+        kwargs = self.engine_kwargs((cap.major, cap.minor) if cap is not None else None)
+        assert self.quant_plan is not None
+        self.engine_kwargs_used = kwargs
+        say(f"vllm {self.version}: starting AsyncLLM for {self.model_id} ({self.quant_plan.reason})")
+        self._llm = AsyncLLM.from_engine_args(
+            AsyncEngineArgs(**kwargs), stat_loggers=[stat_logger_factory(self._snapshot)]
+        )
+        self._tokenizer = self._llm.get_tokenizer()
+        self.max_model_len = int(self._llm.model_config.max_model_len)
+        if self.max_model_len <= self._core.chat_max_out:
+            await self.close()
+            raise SettingsError(
+                f"the chat model's context ({self.max_model_len} tokens) leaves no room for "
+                f"CHAT_MAX_OUT={self._core.chat_max_out}"
+            )
+        say("vllm: warm-up request")
+        await self._warm_up()
+        say(f"vllm: ready in {time.perf_counter() - t0:.1f} s (max_model_len {self.max_model_len})")
+
+    async def _warm_up(self) -> None:
+        ids = self.tokenizer.encode("Hello! How are you today?", add_special_tokens=False)
+        request = GenerationRequest(request_id=f"warmup-{uuid.uuid4().hex}", prompt_token_ids=tuple(ids), sampling=_WARMUP)
+        async for _ in self.stream(request):
+            pass
+
+    async def close(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.shutdown()
+
+    # --- hot path ------------------------------------------------------------
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        llm = self._require()
+        params = self._SamplingParams(**sampling_kwargs(request.sampling), output_kind=self._DELTA)
+        prompt = self._tokens_input(list(request.prompt_token_ids))
+        outputs = llm.generate(prompt, params, request.request_id)
+        prompt_tokens = len(request.prompt_token_ids)
+        completion_tokens = 0
+        marker = self._enter(request.request_id)
+        try:
+            async for out in outputs:
+                step = out.outputs[0]
+                completion_tokens += len(step.token_ids)
+                finish = None
+                if out.finished:
+                    finish = _FINISH.get(step.finish_reason or "stop", "error")
+                yield Delta(
+                    text=step.text,
+                    completion_tokens=completion_tokens,
+                    prompt_tokens=prompt_tokens,
+                    cached_prompt_tokens=out.num_cached_tokens or 0,
+                    finish_reason=finish,
+                )
+        finally:
+            self._leave(request.request_id, marker)
+            # Closing vLLM's generator mid-request aborts it inside the engine core.
+            await outputs.aclose()
+
+    async def abort(self, request_id: str) -> None:
+        if self._llm is not None:
+            await self._llm.abort(request_id)
+            # vLLM has dropped it from its output processor and told the engine core
+            self._inflight.pop(request_id, None)
+
+    async def prefill(self, prompt_token_ids: Sequence[int]) -> int:
+        llm = self._require()
+        params = self._SamplingParams(max_tokens=1, temperature=0.0, output_kind=self._FINAL_ONLY)
+        prompt = self._tokens_input(list(prompt_token_ids))
+        request_id = f"prefill-{uuid.uuid4().hex}"
+        marker = self._enter(request_id)
+        cached = 0
+        try:
+            async for out in llm.generate(prompt, params, request_id):
+                cached = out.num_cached_tokens or 0
+        finally:
+            self._leave(request_id, marker)
+        return cached
+
+    def _enter(self, request_id: str) -> object:
+        marker = object()
+        self._inflight.setdefault(request_id, set()).add(marker)
+        return marker
+
+    def _leave(self, request_id: str, marker: object) -> None:
+        markers = self._inflight.get(request_id)
+        if markers is not None:
+            markers.discard(marker)
+            if not markers:
+                del self._inflight[request_id]
+
+    async def stats(self) -> EngineStats:
+        # The server's health check calls this: a dead engine core must fail it.
+        if self._llm is not None and self._llm.errored:
+            raise RuntimeError("the vLLM engine core is dead (see the log above for its error)")
+        # The scheduler's counts arrive with each engine step; with async
+        # scheduling (vLLM's default) the step that empties the batch may send
+        # none, leaving them stale while idle. So they are capped by the
+        # requests this engine still has in flight, which is exact at the ends.
+        inflight = sum(len(markers) for markers in self._inflight.values())
+        stats = self._snapshot.as_stats()
+        stats.running = min(stats.running, inflight)
+        stats.waiting = min(stats.waiting, inflight - stats.running)
+        return stats
+
+    def scheduler_snapshot(self) -> EngineStats:
+        """vLLM's own last-reported scheduler counts, uncapped (benchmarks)."""
+        return self._snapshot.as_stats()
+
+    def _require(self) -> Any:
+        if self._llm is None:
+            raise RuntimeError("the vLLM engine is not started (or was closed)")
+        return self._llm
+
+
+def _installed_vllm_version() -> str:
+    try:
+        return importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _config_max_len(model: str) -> int | None:
+    """The context length a local checkpoint declares (vLLM decides at start)."""
+    try:
+        config = json.loads((Path(model) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    value = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    return value if isinstance(value, int) else None
