@@ -11,7 +11,7 @@ import asyncio
 import uuid
 
 import pytest
-from conftest import WsClient, engine_running, types
+from protocol_support import WsClient, engine_running, types
 from yap_core.server_process import ServerProcess
 
 

@@ -8,7 +8,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import API_KEY, WsClient, types
+from protocol_support import API_KEY, WsClient, types
 from yap_core.server_process import ServerProcess, http_get_async, yap_executable
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from conftest import WsClient, engine_running, status, types
+from protocol_support import WsClient, engine_running, status, types
 from yap_core.server_process import ServerProcess
 
 

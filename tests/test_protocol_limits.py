@@ -13,7 +13,7 @@ import asyncio
 import json
 
 import pytest
-from conftest import API_KEY, WsClient, engine_running, status, types
+from protocol_support import API_KEY, WsClient, engine_running, status, types
 from yap_core.server_process import ServerProcess
 
 

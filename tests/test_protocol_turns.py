@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from conftest import API_KEY, WsClient, engine_running, status, types
+from protocol_support import API_KEY, WsClient, engine_running, status, types
 from yap_core.server_process import ServerProcess, http_get_async
 from yap_core.settings import CoreSettings
 
