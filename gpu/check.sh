@@ -103,5 +103,34 @@ extras)
     tail -n 8 "$OUT/gpu_telemetry.log" | cut -c1-300
   fi
   exit $rc;;
+yapbench)
+  # `yap bench` (the voice team's benchmark) against `yap serve` on vLLM, chat only,
+  # random 1B weights: c=1, 16 and 64, then 64 with every session prefilled first.
+  log "yap bench against yap serve on vLLM"
+  PORT=18777
+  TEXT_API_KEY=gpu-bench INFERENCE_ENGINE=vllm DEPLOY_MODE=chat CHAT_MODEL="$MODEL" CHAT_LOAD_FORMAT=dummy \
+  ATTENTION_BACKEND=FLASH_ATTN CHAT_MAX_LEN=4096 CHAT_GPU_FRAC=0.80 CHAT_MAX_OUT=150 \
+  WS_MAX_MESSAGES_PER_WINDOW=0 MAX_CONCURRENT_CONNECTIONS=256 \
+    python3 -c "from yap_core.cli import main; main()" serve --port $PORT --no-access-log > "$OUT/yapbench_server.log" 2>&1 &
+  SRV=$!
+  for _ in $(seq 1 300); do python3 -c "import urllib.request as u;u.urlopen('http://127.0.0.1:$PORT/healthz',timeout=2)" 2>/dev/null && break; sleep 1; done
+  log "server ready"
+  rc=0
+  for spec in "1 1 10" "16 16 48" "64 64 128"; do
+    set -- $spec
+    python3 -c "from yap_core.cli import main; main()" bench --server ws://127.0.0.1:$PORT/ws --api-key gpu-bench \
+      -c $1 -n $3 --turns 3 --max-tokens 150 --no-progress $([ "$1" = 1 ] || echo --json-out "$OUT/yapbench_c$1.json") > "$OUT/yapbench_c$1.txt" 2>&1 || rc=1
+    tail -n 20 "$OUT/yapbench_c$1.txt"
+  done
+  python3 -c "from yap_core.cli import main; main()" bench --server ws://127.0.0.1:$PORT/ws --api-key gpu-bench \
+    -c 64 -n 128 --turns 3 --max-tokens 150 --prefill --no-progress --json-out "$OUT/yapbench_c64_prefill.json" > "$OUT/yapbench_c64_prefill.txt" 2>&1 || rc=1
+  tail -n 20 "$OUT/yapbench_c64_prefill.txt"
+  kill $SRV; wait $SRV
+  exit $rc;;
+healthz)
+  # /healthz keeps answering (503 starting) while vLLM starts, then a turn streams.
+  log "healthz during vLLM start"
+  python3 gpu/healthz_during_start.py --model "$MODEL" --out "$OUT/healthz.json" > "$OUT/healthz.log" 2>&1
+  rc=$?; tail -n 5 "$OUT/healthz.log" | cut -c1-600; exit $rc;;
 *) echo "unknown step $step"; exit 64;;
 esac

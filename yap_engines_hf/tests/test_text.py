@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from yap_core.stops import StopMatcher
 from yap_core.testing import YapKit
 from yap_engines_hf.detokenize import REPLACEMENT, IncrementalDetokenizer
-from yap_engines_hf.stops import StopMatcher
 
 SAMPLES = [
     "Ça va? Très bien, merci! 👋🏽 Let's go 🚀🚀 — naïve café, Zürich, 東京, Ελληνικά.",

@@ -36,6 +36,7 @@ from yap_core.contracts import (
 )
 from yap_core.hookspecs import Register, hookimpl
 from yap_core.settings import Config, SettingsError, doc
+from yap_core.stops import StopMatcher
 
 SCREEN_WORDS = ("screen", "screenshot", "look at this", "see this", "what am i looking at")
 
@@ -157,22 +158,6 @@ def _common_prefix(a: bytes, b: bytes) -> int:
     return lo
 
 
-def _first_stop(text: str, stops: Sequence[str]) -> int | None:
-    found = [at for at in (text.find(stop) for stop in stops if stop) if at >= 0]
-    return min(found) if found else None
-
-
-def _stop_holdback(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest tail of ``text`` that begins some stop string."""
-    best = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), best, -1):
-            if stop.startswith(text[-k:]):
-                best = k
-                break
-    return best
-
-
 class EngineDied(RuntimeError):
     pass
 
@@ -269,8 +254,7 @@ class ScriptedEngine:
         cycle = request.sampling.ignore_eos or self.settings.scripted_repeat
         delay = self.settings.scripted_token_delay_ms / 1000.0
         self._running.add(rid)
-        stops = request.sampling.stop
-        generated, sent = "", 0  # text produced, and how much of it was emitted
+        stops = StopMatcher(request.sampling.stop)
         try:
             n = 0
             while True:
@@ -293,19 +277,16 @@ class ScriptedEngine:
                 else:
                     word = ""
                 n += 1 if word else 0
-                generated += word
+                text, hit = stops.feed(word)
                 finish = None
-                end = len(generated)
-                cut = _first_stop(generated, stops)
-                if cut is not None:
-                    finish, end = "stop", cut
+                if hit:
+                    finish = "stop"
                 elif n >= max_tokens:
                     finish = "length" if (cycle or n < len(words)) else "stop"
                 elif not cycle and n >= len(words):
                     finish = "stop"
-                else:
-                    end -= _stop_holdback(generated, stops)  # might be the start of a stop string
-                text, sent = generated[sent:end], max(sent, end)
+                if finish and not hit:
+                    text += stops.flush()
                 yield Delta(text=text, completion_tokens=n, prompt_tokens=len(ids), cached_prompt_tokens=cached, finish_reason=finish)
                 if finish:
                     return

@@ -18,13 +18,13 @@ from concurrent.futures import Future
 import msgspec
 import torch
 from yap_core.contracts import Delta, EngineStats, FinishReason, GenerationRequest
+from yap_core.stops import StopMatcher
 
 from yap_engines_hf.detokenize import IncrementalDetokenizer
 from yap_engines_hf.kv import BatchKV, RequestKV
 from yap_engines_hf.prefix_cache import PrefixCache
 from yap_engines_hf.runner import ModelRunner
 from yap_engines_hf.sampling import TokenSampler
-from yap_engines_hf.stops import StopMatcher
 
 log = logging.getLogger(__name__)
 

@@ -30,6 +30,7 @@ from yap_core.contracts import (
     Sampling,
 )
 from yap_core.settings import Config, CoreSettings, SettingsError
+from yap_core.stops import StopMatcher
 
 from yap_engines_trt.engine_limits import (
     RuntimeLimits,
@@ -39,7 +40,6 @@ from yap_engines_trt.engine_limits import (
 )
 from yap_engines_trt.sampling_map import keys_set, sampling_kwargs, unsupported_keys
 from yap_engines_trt.settings import TrtSettings, load_settings
-from yap_engines_trt.stop_strings import StopScanner
 
 # CompletionOutput.finish_reason -> the core's. "timeout" is TensorRT-LLM ending
 # a request past its allotted time: aborted inside the engine.
@@ -161,7 +161,7 @@ class TrtEngine:
         result = llm.generate_async(list(request.prompt_token_ids), sampling_params=params, streaming=True)
         self._live[request.request_id] = result
         prompt_tokens = len(request.prompt_token_ids)
-        stops = StopScanner(request.sampling.stop)
+        stops = StopMatcher(request.sampling.stop)
         cached: int | None = None
         try:
             async for out in result:

@@ -14,6 +14,7 @@ never imports it.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import json
 import logging
@@ -150,8 +151,11 @@ class VllmEngine:
         assert self.quant_plan is not None
         self.engine_kwargs_used = kwargs
         say(f"vllm {self.version}: starting AsyncLLM for {self.model_id} ({self.quant_plan.reason})")
-        self._llm = AsyncLLM.from_engine_args(
-            AsyncEngineArgs(**kwargs), stat_loggers=[stat_logger_factory(self._snapshot)]
+        # Built on a worker thread so the event loop keeps answering /healthz
+        # (503 starting) during the 20-100 s start. AsyncLLM supports this: with
+        # no running loop it defers its output handler to the first request.
+        self._llm = await asyncio.to_thread(
+            AsyncLLM.from_engine_args, AsyncEngineArgs(**kwargs), stat_loggers=[stat_logger_factory(self._snapshot)]
         )
         self._tokenizer = self._llm.get_tokenizer()
         self.max_model_len = int(self._llm.model_config.max_model_len)

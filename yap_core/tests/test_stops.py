@@ -1,10 +1,10 @@
 """Stop strings matched on streamed text, across chunk boundaries."""
 
-from yap_engines_trt.stop_strings import StopScanner
+from yap_core.stops import StopMatcher
 
 
 def run(stops: tuple[str, ...], chunks: list[str]) -> tuple[str, bool]:
-    scanner = StopScanner(stops)
+    scanner = StopMatcher(stops)
     out = []
     for chunk in chunks:
         text, stopped = scanner.feed(chunk)
@@ -19,7 +19,7 @@ def test_stop_split_across_chunks_is_never_emitted():
 
 
 def test_partial_match_that_fails_is_released():
-    scanner = StopScanner(("END",))
+    scanner = StopMatcher(("END",))
     assert scanner.feed("Hello EN") == ("Hello ", False)
     assert scanner.feed("ough") == ("ENough", False)
 

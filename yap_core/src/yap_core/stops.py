@@ -1,22 +1,22 @@
-"""Stop strings matched on the streamed text.
+"""Stop strings matched on streamed text, for engines to share.
 
-TensorRT-LLM matches ``stop`` as token-id sequences, so a stop string that does
-not fall on token boundaries of the reply is never seen. The engine therefore
-matches stop strings itself: text that could be the start of a stop string is
-held back until it is known not to be one, and nothing from the stop string on
-is emitted.
+The reply is cut before the first stop string, which is never emitted. Text
+that could be the beginning of a stop string is held back until the next
+piece shows whether it is one. Engines whose library matches stops on token
+ids (TensorRT-LLM) miss strings that do not fall on token boundaries; this
+matches on the text.
 """
 
 from __future__ import annotations
 
 
-class StopScanner:
+class StopMatcher:
     def __init__(self, stops: tuple[str, ...]) -> None:
         self.stops = tuple(s for s in stops if s)
         self._held = ""
 
     def feed(self, text: str) -> tuple[str, bool]:
-        """(text safe to emit now, whether a stop string was found)."""
+        """(text safe to emit now, whether a stop string was hit)."""
         if not self.stops:
             return text, False
         buf = self._held + text
