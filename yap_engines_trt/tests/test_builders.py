@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 from safetensors import safe_open
+from yap_core.calibration import CalibrationError
 from yap_core.contracts import CalibrationConfig, Quantizer
 from yap_core.settings import Config
 from yap_engines_trt.builders import BuildError, ModeloptQuantizer, detect_format
-from yap_engines_trt.calibration import CalibrationError, load_calibration
+from yap_engines_trt.calibration import load_calibration
 from yap_engines_trt.hub_push import upload_plan
 from yap_engines_trt.metadata import read_metadata
 from yap_engines_trt.settings import load_settings

@@ -95,7 +95,7 @@ def test_quantizer_is_registered_and_lists_formats_by_sm():
 def test_calibration_file_is_required_and_validated(tmp_path):
     with pytest.raises(ValueError, match="local calibration file is required"):
         load_calibration(CalibrationConfig())
-    with pytest.raises(ValueError, match="No such file"):
+    with pytest.raises(ValueError, match="no such file"):
         load_calibration(CalibrationConfig(dataset=str(tmp_path / "nope.jsonl")))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"txt": 1}\n')

@@ -9,19 +9,15 @@ a ``text`` field per line, or plain text where blank lines separate samples.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import msgspec
+from yap_core.calibration import parse_calibration, read_calibration
 
 BUNDLED = "calibration.jsonl"
-
-
-class CalibrationError(ValueError):
-    """The calibration set is missing, empty or malformed."""
 
 
 class CalibrationSet(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,38 +30,10 @@ def load_calibration(dataset: str | None) -> CalibrationSet:
     """Read the bundled set (``None``) or a local file."""
     if dataset is None:
         raw = resources.files("yap_engines_trt").joinpath("data", BUNDLED).read_bytes()
-        return CalibrationSet(label=f"bundled:{BUNDLED}", sha256=_sha(raw), texts=_parse(raw, BUNDLED))
-    path = Path(dataset)
-    if not path.is_file():
-        raise CalibrationError(f"calibration data {dataset!r}: no such file (give a local JSONL or text file)")
-    raw = path.read_bytes()
-    return CalibrationSet(label=str(path), sha256=_sha(raw), texts=_parse(raw, path.name))
-
-
-def _parse(raw: bytes, name: str) -> tuple[str, ...]:
-    text = raw.decode("utf-8")
-    if name.endswith(".jsonl"):
-        found = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise CalibrationError(f"{name}:{lineno}: not JSON ({exc})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise CalibrationError(f"{name}:{lineno}: expected an object with a string 'text'")
-            found.append(row["text"])
-    else:
-        found = [part.strip() for part in text.split("\n\n")]
-    texts = tuple(t for t in found if t.strip())
-    if not texts:
-        raise CalibrationError(f"{name}: no calibration text in it")
-    return texts
-
-
-def _sha(raw: bytes) -> str:
-    return hashlib.sha256(raw).hexdigest()
+        texts = parse_calibration(raw, BUNDLED)
+        return CalibrationSet(label=f"bundled:{BUNDLED}", sha256=hashlib.sha256(raw).hexdigest(), texts=texts)
+    texts, sha256 = read_calibration(dataset)
+    return CalibrationSet(label=str(Path(dataset)), sha256=sha256, texts=texts)
 
 
 def token_batches(

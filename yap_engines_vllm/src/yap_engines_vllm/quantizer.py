@@ -12,12 +12,11 @@ built; a build with identical inputs is reused unless ``force``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 
 import msgspec
+from yap_core.calibration import CalibrationError, read_calibration
 from yap_core.contracts import BuildResult, CalibrationConfig, Progress
 
 from yap_engines_vllm.quant import declared_quantization
@@ -113,31 +112,11 @@ def load_calibration(calibration: CalibrationConfig) -> tuple[list[str], str, st
     """(texts, file, sha256 of the file). A local file is required: the
     project never downloads a calibration set."""
     if not calibration.dataset:
-        raise ValueError("a local calibration file is required: --calib-data FILE (JSONL with 'text', or plain text)")
-    path = Path(calibration.dataset)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"calibration file {path}: {exc.strerror or exc}") from exc
-    texts: list[str] = []
-    for number, line in enumerate(raw.decode("utf-8").splitlines(), 1):
-        line = line.strip()
-        if not line:
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                raise ValueError(f"{path}:{number}: not JSON ({exc})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(f"{path}:{number}: each JSONL line needs a string field 'text'")
-            line = record["text"]
-        texts.append(line)
-        if len(texts) == calibration.num_samples:
-            break
-    if not texts:
-        raise ValueError(f"calibration file {path} holds no samples")
-    return texts, str(path), hashlib.sha256(raw).hexdigest()
+        raise CalibrationError(
+            "a local calibration file is required: --calib-data FILE (JSONL with 'text', or plain text)"
+        )
+    texts, sha256 = read_calibration(calibration.dataset)
+    return list(texts[: calibration.num_samples]), calibration.dataset, sha256
 
 
 def read_metadata(out_dir: Path) -> QuantMetadata | None:
