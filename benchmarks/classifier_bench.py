@@ -3,6 +3,11 @@
     .venv/bin/python benchmarks/classifier_bench.py                      # CPU, the built default model
     python benchmarks/classifier_bench.py --device cuda --model DIR --out gpu.json
 
+Precision and CUDA graphs as the server runs them (TOOL_DTYPE=auto,
+TOOL_CUDA_GRAPHS=1: fp16 and graphs on CUDA, bf16 on a CPU with native bf16);
+``--dtype`` and ``--no-cuda-graphs`` compare. The first line printed says
+which were used.
+
 Two figures:
 
 1. Decision latency at batch 1 for a 128-token input (window, tokenize,
@@ -34,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "yap_classifier" / "src"))
 
 from yap_classifier.batching import MicroBatcher  # noqa: E402
-from yap_classifier.model import SequenceClassifier  # noqa: E402
+from yap_classifier.model import DTYPES, SequenceClassifier  # noqa: E402
 
 RAMBLE = (
     "so um i was looking at my bank account this morning and there were like three charges i don't "
@@ -108,7 +113,11 @@ def default_model() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model folder (default: the built default under $YAP_CACHE_DIR)")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (fp16 on cuda, fp32 on cpu)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", default="auto", choices=DTYPES, help="TOOL_DTYPE (default auto)")
+    ap.add_argument(
+        "--cuda-graphs", action=argparse.BooleanOptionalAction, default=True, help="TOOL_CUDA_GRAPHS (CUDA only)"
+    )
     ap.add_argument("--tokens", type=int, default=128, help="input length in tokens")
     ap.add_argument("--iters", type=int, default=200, help="batch-1 decisions timed")
     ap.add_argument("--warmup", type=int, default=20)
@@ -124,7 +133,16 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = SequenceClassifier.load(args.model or default_model(), window_tokens=args.tokens, device=args.device)
+    model = SequenceClassifier.load(
+        args.model or default_model(),
+        window_tokens=args.tokens,
+        device=args.device,
+        dtype=args.dtype,
+        cuda_graphs=args.cuda_graphs,
+        batch_size=args.batch_size,
+    )
+    graphs = f"on, {len(model.graph_shapes)} shapes" if model.cuda_graphs else "off"
+    print(f"classifier: dtype {model.dtype} (--dtype {args.dtype}), CUDA graphs {graphs}", flush=True)
     turns = input_of(model, args.tokens)
     lat = batch1(model, turns, args.iters, args.warmup)
     rate, clat, largest = asyncio.run(
@@ -134,7 +152,9 @@ def main() -> None:
     result = {
         "model": model.model_id,
         "device": device,
-        "dtype": str(next(model.model.parameters()).dtype),
+        "dtype": model.dtype,
+        "cuda_graphs": model.cuda_graphs is not None,
+        "cuda_graph_shapes": len(model.graph_shapes),
         "torch_threads": torch.get_num_threads(),
         "input_tokens": args.tokens,
         "batch1_p50_ms": round(statistics.median(lat), 2),

@@ -2,7 +2,7 @@
 
 Settings come from the same place as the server's ([core] in plugins.toml or
 the environment): YAP_CACHE_DIR, TOOL_MODEL, TOOL_DECISION_THRESHOLD,
-TOOL_HISTORY_TOKENS.
+TOOL_HISTORY_TOKENS, TOOL_DTYPE, TOOL_CUDA_GRAPHS.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def train_command(out: Path | None, force: bool) -> None:
 @click.option("--model", "model_path", help="Model folder or hub id. Default: TOOL_MODEL, else the built default.")
 @click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="JSONL: {history, utterance, label} per line.")
 def eval_command(model_path: str | None, data_path: Path) -> None:
-    """Print one JSON object: accuracy, precision, recall, f1, n, p50_ms, p95_ms."""
+    """Print one JSON object: accuracy, precision, recall, f1, n, p50_ms, p95_ms, dtype, cuda_graphs."""
     from yap_classifier import train
     from yap_classifier.evaluate import evaluate
     from yap_classifier.examples import DataError, read_examples
@@ -76,7 +76,14 @@ def eval_command(model_path: str | None, data_path: Path) -> None:
             raise click.ClickException(f"the default model is not built yet ({default}); run `yap classifier train`")
         model_id = str(default)
     try:
-        model = SequenceClassifier.load(model_id, window_tokens=settings.tool_history_tokens)
+        # eval decides one example at a time: graphs for batch 1 only.
+        model = SequenceClassifier.load(
+            model_id,
+            window_tokens=settings.tool_history_tokens,
+            dtype=settings.tool_dtype,
+            cuda_graphs=settings.tool_cuda_graphs,
+            batch_size=1,
+        )
     except ModelError as exc:
         raise click.ClickException(str(exc)) from exc
     report = evaluate(model, examples, threshold=settings.tool_decision_threshold)

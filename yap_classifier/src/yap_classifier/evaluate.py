@@ -33,6 +33,8 @@ class Report(msgspec.Struct, kw_only=True):
     threshold: float
     model: str
     window_tokens: int
+    dtype: str = "float32"  # the weights' dtype the figures were measured at
+    cuda_graphs: bool = False
 
 
 def evaluate(classifier: SequenceClassifier, examples: Sequence[Example], *, threshold: float) -> Report:
@@ -51,6 +53,8 @@ def evaluate(classifier: SequenceClassifier, examples: Sequence[Example], *, thr
         threshold=threshold,
         model=classifier.model_id,
         window_tokens=classifier.max_tokens,
+        dtype=classifier.dtype,
+        cuda_graphs=classifier.cuda_graphs is not None,
     )
 
 
@@ -70,6 +74,8 @@ def report(
     threshold: float,
     model: str,
     window_tokens: int,
+    dtype: str = "float32",
+    cuda_graphs: bool = False,
 ) -> Report:
     tp = sum(1 for y, p in zip(labels, predicted, strict=True) if y and p)
     fp = sum(1 for y, p in zip(labels, predicted, strict=True) if not y and p)
@@ -93,6 +99,8 @@ def report(
         threshold=threshold,
         model=model,
         window_tokens=window_tokens,
+        dtype=dtype,
+        cuda_graphs=cuda_graphs,
     )
 
 

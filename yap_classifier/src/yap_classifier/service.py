@@ -77,11 +77,17 @@ class ScreenshotClassifier:
             self.model_id = str(path)
         if progress:
             progress(f"classifier: loading {self.model_id}")
+        s = self._settings
         model = await asyncio.to_thread(
-            SequenceClassifier.load, self.model_id, window_tokens=self._settings.tool_history_tokens, device=self._device
+            SequenceClassifier.load,
+            self.model_id,
+            window_tokens=s.tool_history_tokens,
+            device=self._device,
+            dtype=s.tool_dtype,
+            cuda_graphs=s.tool_cuda_graphs,
+            batch_size=s.tool_batch_size,
         )
         await asyncio.to_thread(model.predict, [["warm up"]])
-        s = self._settings
         batcher: MicroBatcher[list[str], Scores] = MicroBatcher(
             model.predict,
             batch_size=s.tool_batch_size,
@@ -93,7 +99,8 @@ class ScreenshotClassifier:
         batcher.start()
         self._model, self._batcher = model, batcher
         if progress:
-            progress(f"classifier: ready ({self._model.max_tokens}-token window, on {model.device})")
+            graphs = "CUDA graphs" if model.cuda_graphs else "eager"
+            progress(f"classifier: ready ({model.max_tokens}-token window, on {model.device}, {model.dtype}, {graphs})")
 
     async def close(self) -> None:
         if self._batcher is not None:

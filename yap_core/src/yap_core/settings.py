@@ -147,6 +147,8 @@ def describe(type_: type[msgspec.Struct]) -> list[tuple[str, str, str]]:
 # The core's own settings ([core] in plugins.toml).
 
 DeployMode = Literal["both", "chat", "tool"]
+EventLoop = Literal["uvloop", "asyncio"]
+ToolDtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 class CoreSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -219,8 +221,22 @@ class CoreSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tool_timeout_s: Annotated[float, doc("A decision slower than this counts as no.", gt=0)] = 1.0
     tool_batch_size: Annotated[int, doc("Classifier micro-batch size.", ge=1)] = 32
     tool_batch_wait_ms: Annotated[float, doc("How long a micro-batch waits to fill.", ge=0)] = 2.0
+    tool_dtype: Annotated[
+        ToolDtype,
+        doc("Classifier precision. auto: float16 on CUDA, bfloat16 on a CPU with native bf16 (AVX512-BF16, AMX, Arm BF16), else float32."),
+    ] = "auto"
+    tool_cuda_graphs: Annotated[
+        bool, doc("CUDA only (ignored on CPU): replay the classifier from CUDA graphs captured at start-up.")
+    ] = True
 
     log_level: Annotated[str, doc("Python log level.")] = "INFO"
+    turn_timing_log: Annotated[
+        bool,
+        doc("Log one line per turn (logger yap.timing) splitting its time to first token: server work before the engine, the engine, after."),
+    ] = False
+    event_loop: Annotated[
+        EventLoop, doc("asyncio event loop: uvloop (faster per frame and per turn; Linux and macOS) or asyncio.")
+    ] = "uvloop"
 
     otel_exporter_otlp_endpoint: Annotated[
         str | None,
