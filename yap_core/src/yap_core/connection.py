@@ -5,7 +5,12 @@
   never close the socket (except ``message_too_large``: 1009).
 - Outbound: one bounded queue per socket drained by one sender task. A client
   that stops reading fills it; at WS_SEND_QUEUE_MAX frames the socket is closed
-  with 1008 ("client not reading") instead of growing memory.
+  with 1008 ("client not reading") instead of growing memory. Token pieces of a
+  turn that arrive while its previous token frame still waits in the queue join
+  that frame: when the socket (or the server) lags, it sends fewer, larger
+  frames instead of falling further behind; when it keeps up, every piece goes
+  out on its own at once. The limit counts pieces, joined or not, so a client
+  that stops reading is dropped exactly as soon as without joining.
 - Idle: no inbound frame for WS_IDLE_TIMEOUT_S while no turn of this socket
   runs closes with 4000.
 """
@@ -36,29 +41,69 @@ CLOSE_IDLE = 4000
 _CLOSE_TIMEOUT_S = 5.0  # a close handshake with a client that never answers
 
 
+class PendingTokens:
+    """One queued ``token`` frame, encoded only when its turn to be sent comes,
+    so that pieces arriving meanwhile can join it."""
+
+    __slots__ = ("session_id", "request_id", "pieces")
+
+    def __init__(self, session_id: str, request_id: str, piece: str) -> None:
+        self.session_id = session_id
+        self.request_id = request_id
+        self.pieces = [piece]
+
+    def encode(self) -> str:
+        return frames.encode("token", self.session_id, self.request_id, frames.TokenPayload("".join(self.pieces)))
+
+
 class Outbox:
     """The bounded send queue of one socket."""
 
     def __init__(self, send: Callable[[str], Awaitable[None]], limit: int, on_overflow: Callable[[], None]) -> None:
         self._send = send
         self._limit = limit
-        self._queue: deque[str] = deque()
+        self._queue: deque[str | PendingTokens] = deque()
+        self._queued = 0  # frames and token pieces in the queue: what the limit counts
+        self._sending: str | PendingTokens | None = None  # the head, while it is being sent
         self._wake = asyncio.Event()
         self._empty = asyncio.Event()
         self._empty.set()
         self._on_overflow = on_overflow
         self.closed = False
 
-    def put(self, text: str) -> bool:
+    def put(self, item: str | PendingTokens) -> bool:
+        if not self._room():
+            return False
+        self._queue.append(item)
+        self._queued += 1
+        self._empty.clear()
+        self._wake.set()
+        return True
+
+    def put_token(self, session_id: str, request_id: str, piece: str) -> bool:
+        """Queue a token piece: it joins the turn's last queued token frame if
+        that frame is still waiting (not being sent yet), else starts one."""
+        tail = self._queue[-1] if self._queue else None
+        if (
+            type(tail) is PendingTokens
+            and tail is not self._sending
+            and tail.request_id == request_id
+            and tail.session_id == session_id
+        ):
+            if not self._room():
+                return False
+            tail.pieces.append(piece)
+            self._queued += 1
+            return True
+        return self.put(PendingTokens(session_id, request_id, piece))
+
+    def _room(self) -> bool:
         if self.closed:
             return False
-        if len(self._queue) >= self._limit:
+        if self._queued >= self._limit:
             self.closed = True
             self._on_overflow()
             return False
-        self._queue.append(text)
-        self._empty.clear()
-        self._wake.set()
         return True
 
     async def run(self) -> None:
@@ -68,9 +113,11 @@ class Outbox:
                 self._empty.set()
                 self._wake.clear()
                 await self._wake.wait()
-            text = queue[0]
-            await self._send(text)
+            item = self._sending = queue[0]
+            await self._send(item if type(item) is str else item.encode())  # type: ignore[union-attr]
             queue.popleft()
+            self._queued -= 1 if type(item) is str else len(item.pieces)  # type: ignore[union-attr]
+            self._sending = None
 
     async def flush(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -91,7 +138,7 @@ class Connection:
         self._send_asgi = send
         s = self.settings
         self.outbox = Outbox(self._send_text, s.ws_send_queue_max, self._overflow)
-        self.host = SessionHost(runtime, self.outbox.put)
+        self.host = SessionHost(runtime, self.outbox.put, self.outbox.put_token)
         self.messages = SlidingWindow(s.ws_max_messages_per_window, s.ws_message_window_seconds)
         self.cancels = SlidingWindow(s.ws_max_cancels_per_window, s.ws_cancel_window_seconds)
         self.last_inbound = time.monotonic()

@@ -11,6 +11,11 @@ to the next content. Segments are tokenized separately and cached, so
 - the ids of turn N (generation prompt included) are, by construction, a prefix
   of the ids of turn N+1: the engine's prefix cache hits.
 
+When every template text after a content starts with a special token (true of
+ChatML, Llama 3 and most templates), a content and its template text are
+tokenized apart, since the tokenizer splits at special tokens anyway: the
+system prompt counted at ``start`` is then not tokenized again for the turn.
+
 Every turn the real template is also rendered with the real contents and must
 equal the assembled text byte for byte; a template that treats contents
 specially (or a tokenizer that is not concatenation-safe, checked once at
@@ -34,6 +39,10 @@ from yap_core.prompt_types import Message, PromptError, RenderedPrompt
 from yap_core.settings import CoreSettings
 
 __all__ = ["Message", "Personas", "PromptBuilder", "PromptError", "RenderedPrompt"]
+
+# New text (not yet tokenized) up to which a render may run on the event loop:
+# ~0.1 ms of tokenizer work, less than a hop to a worker thread and back costs.
+INLINE_NEW_CHARS = 1000
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +70,9 @@ class _LRU(Generic[K, V]):
             if value is not None:
                 self._data.move_to_end(key)
             return value
+
+    def __contains__(self, key: K) -> bool:
+        return key in self._data  # a dict lookup is atomic; no reordering
 
     def put(self, key: K, value: V) -> None:
         with self._lock:
@@ -104,6 +116,7 @@ class PromptBuilder:
         specials = sorted(getattr(tokenizer, "all_special_tokens", None) or [], key=len, reverse=True)
         self._specials = re.compile("|".join(map(re.escape, specials))) if specials else None
         self.segmented = self._concatenation_safe()
+        self.split_contents = self.segmented and self._split_safe()
         if not self.segmented:
             log.warning(
                 "chat tokenizer is not concatenation-safe: prompts are tokenized whole "
@@ -133,6 +146,28 @@ class PromptBuilder:
         user, user_tokens = self._cap_user(user)
         built, kept = self._fit(system, history, user, max_out)
         return RenderedPrompt(token_ids=built.ids, text=built.text, history_used=kept, user_tokens=user_tokens)
+
+    def cheap(self, system: str, history: Sequence[Message], user_text: str) -> bool:
+        """Is rendering this turn little enough work for the event loop? True
+        when every earlier content is tokenized already (see ``remember``) and
+        the utterance is short; the caller otherwise renders in a thread."""
+        if not self.split_contents or len(user_text) > INLINE_NEW_CHARS:
+            return False
+        cache = self._ids_cache
+        return self._clean(system) in cache and all(self._clean(m.content) in cache for m in history)
+
+    def known_system_prompt(self, chat_prompt: str | None) -> bool:
+        """Is ``system_prompt`` for this chat prompt only cache lookups (it was
+        counted before)? Persona prompts are small templates: always cheap."""
+        if chat_prompt is None or not chat_prompt.strip():
+            return True
+        return len(chat_prompt) <= INLINE_NEW_CHARS or self._clean(chat_prompt) in self._ids_cache
+
+    def remember(self, texts: Sequence[str]) -> None:
+        """Tokenize contents the next turn will need (the reply just given),
+        ahead of time, so that turn renders without tokenizing them."""
+        for text in texts:
+            self._ids(self._clean(text))
 
     def prefix(self, system: str, history: Sequence[Message]) -> tuple[int, ...]:
         """Ids of the part of the next prompt already known (system, history
@@ -238,7 +273,12 @@ class PromptBuilder:
         if wrappers:
             segments = [wrappers[0]] + [c + wrappers[i + 1] for i, (_, c) in enumerate(conv)]
             if "".join(segments) == text:
-                parts = [self._ids(s) for s in segments]
+                if self.split_contents:
+                    parts = [self._ids(wrappers[0])] + [
+                        self._ids(c) + self._ids(wrappers[i + 1]) for i, (_, c) in enumerate(conv)
+                    ]
+                else:
+                    parts = [self._ids(s) for s in segments]
                 ids = tuple(i for p in parts for i in p)
                 return _Assembled(text, ids, [len(p) for p in parts])
         return _Assembled(text, tuple(self._tok.encode(text, add_special_tokens=False)), None)
@@ -306,6 +346,20 @@ class PromptBuilder:
             return False
         joined = [i for s in segments for i in self._tok.encode(s, add_special_tokens=False)]
         return joined == list(self._tok.encode(text, add_special_tokens=False))
+
+
+    def _split_safe(self) -> bool:
+        """May a content and the template text after it be tokenized apart? Yes
+        when each such text starts with a special token (the tokenizer splits
+        there) and the probe conversation tokenizes the same either way."""
+        specials = tuple(getattr(self._tok, "all_special_tokens", None) or ())
+        conv = [{"role": r, "content": c.strip()} for r, c in _PROBE]
+        wrappers = self._skeleton(tuple(r for r, _ in _PROBE))
+        if not specials or not wrappers or not all(w.startswith(specials) for w in wrappers[1:]):
+            return False
+        pieces = [wrappers[0]] + [p for i, m in enumerate(conv) for p in (m["content"], wrappers[i + 1])]
+        joined = [i for p in pieces for i in self._tok.encode(p, add_special_tokens=False)]
+        return joined == list(self._tok.encode(self._template(conv), add_special_tokens=False))
 
 
 def _turn_starts(msgs: list[tuple[str, str]]) -> list[int]:

@@ -16,6 +16,8 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 import click
 from hypercorn.asyncio import serve as hypercorn_serve
@@ -25,7 +27,7 @@ from yap_core.accesslog import RedactingLogger
 from yap_core.app import YapApp
 from yap_core.connection import CLOSE_GOING_AWAY
 from yap_core.runtime import Runtime
-from yap_core.settings import Config, load_core
+from yap_core.settings import Config, SettingsError, load_core
 
 log = logging.getLogger("yap.server")
 
@@ -144,6 +146,8 @@ def serve_command(host: str, port: int, certfile: str | None, keyfile: str | Non
     config = Config.discover()
     settings = load_core(config)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.turn_timing_log:
+        logging.getLogger("yap.timing").setLevel(logging.INFO)  # whatever LOG_LEVEL is
     runtime = Runtime(config, settings)  # plugins imported and built; nothing loaded yet
     app = YapApp(runtime)  # auth settings (TRUSTED_PROXIES ...) checked here
     hconfig = hypercorn_config(host, port, certfile, keyfile, access_log, settings.ws_max_message_bytes)
@@ -151,7 +155,21 @@ def serve_command(host: str, port: int, certfile: str | None, keyfile: str | Non
         f"deploy mode {settings.deploy_mode}: "
         + ", ".join(f"{kind} {name}" for kind, name in _selected(runtime))
     )
-    sys.exit(asyncio.run(run_server(app, hconfig)))
+    sys.exit(_run_loop(settings.event_loop, run_server(app, hconfig)))
+
+
+def _run_loop(kind: str, main: Coroutine[Any, Any, int]) -> int:
+    """Run ``main`` on the EVENT_LOOP chosen. uvloop's C transports and
+    scheduling cut the server's CPU per token frame and per turn (measured in
+    docs/benchmarks.md), which is what limits it at 64 streams."""
+    if kind == "asyncio":
+        return asyncio.run(main)
+    try:
+        import uvloop
+    except ImportError as exc:
+        main.close()
+        raise SettingsError("EVENT_LOOP=uvloop but uvloop is not installed (no Windows build): install it or set EVENT_LOOP=asyncio") from exc
+    return uvloop.run(main)
 
 
 def _selected(runtime: Runtime) -> list[tuple[str, str]]:

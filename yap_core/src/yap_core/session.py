@@ -26,7 +26,7 @@ from yap_core.contracts import Sampling
 from yap_core.frames import FrameError, WireSampling
 from yap_core.prompt_types import Message, PromptError
 from yap_core.runtime import Runtime
-from yap_core.turn import Emit, Turn, TurnRunner, TurnSpec
+from yap_core.turn import Emit, EmitToken, Turn, TurnRunner, TurnSpec
 
 log = logging.getLogger("yap.session")
 
@@ -64,9 +64,10 @@ def merge_sampling(base: WireSampling | None, over: WireSampling | None) -> Wire
 class SessionHost:
     """The session-level protocol of one socket."""
 
-    def __init__(self, runtime: Runtime, emit: Emit) -> None:
+    def __init__(self, runtime: Runtime, emit: Emit, emit_token: EmitToken) -> None:
         self.runtime = runtime
         self._out = emit
+        self._out_token = emit_token
         self.closed = False  # after `end` or the socket's close nothing more is sent
         self.sessions: dict[str, Session] = {}
         self.running_turns = 0  # of this socket, for the idle timer
@@ -75,6 +76,9 @@ class SessionHost:
 
     def emit(self, text: str) -> bool:
         return not self.closed and self._out(text)
+
+    def emit_token(self, session_id: str, request_id: str, piece: str) -> bool:
+        return not self.closed and self._out_token(session_id, request_id, piece)
 
     # --- helpers ----------------------------------------------------------------
     def check_sampling(self, wire: WireSampling | None) -> None:
@@ -127,7 +131,7 @@ class SessionHost:
         return session.last_task
 
     def _launch(self, session: Session, request_id: str | None, spec: TurnSpec, previous: asyncio.Task[None] | None) -> None:
-        turn = Turn(session.id, request_id or str(uuid.uuid4()), self.emit)
+        turn = Turn(session.id, request_id or str(uuid.uuid4()), self.emit, self.emit_token)
         runner = TurnRunner(self.runtime, turn, spec, session.system, session.history, session.span)
         session.turn = turn
         task = asyncio.create_task(self._run(runner, previous), name=f"turn-{turn.request_id}")
@@ -149,6 +153,12 @@ class SessionHost:
         finally:
             self.running_turns -= 1
             self.idle_since = time.monotonic()
+        chat = self.runtime.chat
+        added = runner.new_history()
+        if chat is not None and added and not self.closed:
+            # Tokenize the reply now, in the pause before the user's next turn,
+            # so that turn renders without it (see PromptBuilder.cheap).
+            self._track(asyncio.create_task(asyncio.to_thread(chat.builder.remember, added)))
 
     # --- frames -------------------------------------------------------------------
     async def start(self, frame: frames.ClientFrame, received_at: float) -> None:
@@ -160,9 +170,12 @@ class SessionHost:
         builder = self.runtime.chat.builder if self.runtime.chat is not None else None
         if builder is not None:
             try:
-                system = await asyncio.to_thread(
-                    builder.system_prompt, payload.chat_prompt, payload.personality, payload.gender
-                )
+                if builder.known_system_prompt(payload.chat_prompt):  # a shared prompt: counted before
+                    system = builder.system_prompt(payload.chat_prompt, payload.personality, payload.gender)
+                else:
+                    system = await asyncio.to_thread(
+                        builder.system_prompt, payload.chat_prompt, payload.personality, payload.gender
+                    )
             except PromptError as exc:
                 message = f"{exc.field}: {exc.message}" if exc.field else exc.message
                 raise FrameError(exc.code, message, field=exc.field) from None

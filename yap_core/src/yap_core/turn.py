@@ -26,9 +26,11 @@ from yap_core.prompt_types import Message, PromptError, RenderedPrompt
 from yap_core.runtime import Runtime
 
 log = logging.getLogger("yap.turn")
+timing_log = logging.getLogger("yap.timing")  # TURN_TIMING_LOG
 
 TurnKind = Literal["utterance", "followup"]
 Emit = Callable[[str], bool]  # queue one encoded frame; False: the socket is closing
+EmitToken = Callable[[str, str, str], bool]  # (session_id, request_id, piece): queue a token piece
 
 
 class TurnSpec(msgspec.Struct, kw_only=True):
@@ -44,11 +46,12 @@ class TurnSpec(msgspec.Struct, kw_only=True):
 class Turn:
     """The mutable state of one running turn, owned by its session."""
 
-    def __init__(self, session_id: str, request_id: str, emit: Emit) -> None:
+    def __init__(self, session_id: str, request_id: str, emit: Emit, emit_token: EmitToken) -> None:
         self.session_id = session_id
         self.request_id = request_id
         self.open = True
         self._emit = emit
+        self._emit_token = emit_token
         self.task: asyncio.Task[None] | None = None
         self.sent: list[str] = []  # token texts queued to the client: what the user heard
         self.cancel_reason: str | None = None
@@ -56,6 +59,12 @@ class Turn:
     def emit(self, frame_type: str, payload: frames.ServerPayload) -> None:
         if self.open:
             self._emit(frames.encode(frame_type, self.session_id, self.request_id, payload))
+
+    def emit_token(self, piece: str) -> None:
+        """A piece of the reply (may share a frame with the next pieces if the
+        socket lags; see ``connection.Outbox``)."""
+        if self.open:
+            self._emit_token(self.session_id, self.request_id, piece)
 
     def emit_error(self, code: str, message: str, retryable: bool | None = None) -> None:
         if self.open:
@@ -137,8 +146,13 @@ class TurnRunner:
         self.system = system
         self.history = history
         self.rendered: RenderedPrompt | None = None
+        self._history_len = len(history)
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
+        # perf_counter() marks for TURN_TIMING_LOG: where the time to first token went
+        self.rendered_at: float | None = None
+        self.submitted_at: float | None = None
+        self.first_delta_at: float | None = None
         self.completion_tokens = 0
         self.cached_tokens = 0
 
@@ -183,11 +197,40 @@ class TurnRunner:
                 prompt_tokens=len(self.rendered.token_ids) if self.rendered else 0,
                 completion_tokens=self.completion_tokens,
             )
+            if rt.settings.turn_timing_log:
+                self._log_timing(status, now)
+
+    def _log_timing(self, status: str, now: float) -> None:
+        t0 = self.spec.received_at
+
+        def ms(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else round((b - a) * 1000, 3)
+
+        timing_log.info(
+            "turn %s",
+            msgspec.json.encode(
+                {
+                    "request_id": self.turn.request_id,
+                    "status": status,
+                    "render_ms": ms(t0, self.rendered_at),  # frame arrived -> prompt ids ready
+                    "submit_ms": ms(t0, self.submitted_at),  # frame arrived -> engine.stream called
+                    "engine_first_ms": ms(self.submitted_at, self.first_delta_at),  # engine's own TTFT
+                    "after_engine_ms": ms(self.first_delta_at, self.first_token_at),  # sanitizer, frame
+                    "ttft_ms": ms(t0, self.first_token_at),
+                    "total_ms": ms(t0, now),
+                    "completion_tokens": self.completion_tokens,
+                }
+            ).decode(),
+        )
 
     def _fail(self, code: str, message: str) -> None:
         self.runtime.telemetry.error(code)
         self.turn.emit_error(code, message)
         self.turn.finish()
+
+    def new_history(self) -> list[str]:
+        """The contents this turn added to the history (tokenized ahead of the next turn)."""
+        return [m.content for m in self.history[self._history_len :]]
 
     def _remember(self) -> None:
         """Keep what the user said and heard (only if the engine saw the prompt)."""
@@ -215,13 +258,20 @@ class TurnRunner:
     # --- chat -------------------------------------------------------------------
     async def _render(self, model_text: str) -> RenderedPrompt:
         builder = self.runtime.chat.builder  # type: ignore[union-attr]
-        rendered = await asyncio.to_thread(
-            builder.render, self.system, tuple(self.history), model_text, self.spec.sampling.max_tokens
-        )
+        history = tuple(self.history)
+        max_out = self.spec.sampling.max_tokens
+        if builder.cheap(self.system, history, model_text):
+            # Everything but a short utterance is tokenized already: rendering
+            # here costs less than the hop to a worker thread would.
+            rendered = builder.render(self.system, history, model_text, max_out)
+        else:
+            rendered = await asyncio.to_thread(builder.render, self.system, history, model_text, max_out)
         self.rendered = rendered
+        self.rendered_at = time.perf_counter()
         return rendered
 
     def _request(self, rendered: RenderedPrompt) -> GenerationRequest:
+        self.submitted_at = time.perf_counter()
         return GenerationRequest(
             request_id=self.turn.request_id, prompt_token_ids=rendered.token_ids, sampling=self.spec.sampling
         )
@@ -293,6 +343,8 @@ class TurnRunner:
             self.cached_tokens = delta.cached_prompt_tokens
             if not delta.text:
                 return
+            if self.first_delta_at is None:
+                self.first_delta_at = time.perf_counter()
             piece = sanitizer.feed(delta.text) if sanitizer is not None else delta.text
             if piece:
                 self._send_token(piece)
@@ -324,7 +376,7 @@ class TurnRunner:
             self.runtime.telemetry.token(now - (self.last_token_at or now))
         self.last_token_at = now
         self.turn.sent.append(piece)
-        self.turn.emit("token", frames.TokenPayload(piece))
+        self.turn.emit_token(piece)
 
     def _done(self, reason: Literal["stop", "length"], *, prompt_tokens: int) -> None:
         now = time.perf_counter()
