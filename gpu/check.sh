@@ -67,14 +67,28 @@ protocol)
   YAP_TEST_REAL_ENGINE_ENV="{\"INFERENCE_ENGINE\":\"vllm\",\"CHAT_MODEL\":\"$MODEL\",\"CHAT_LOAD_FORMAT\":\"dummy\",\"ATTENTION_BACKEND\":\"FLASH_ATTN\",\"CHAT_MAX_LEN\":\"4096\",\"TOOL_MODEL\":\"$CLS\"}" \
     python3 -m pytest -q tests/test_protocol_hf.py --junitxml="$OUT/protocol.xml" > "$OUT/protocol.log" 2>&1
   rc=$?; tail -n 30 "$OUT/protocol.log" | cut -c1-300; exit $rc;;
-bench)
-  log "benchmark: raw AsyncLLM vs WebSocket path"
-  python3 benchmarks/vllm_bench.py raw --model "$MODEL" --load-format dummy --out "$OUT/bench_raw.json" > "$OUT/bench_raw.log" 2>&1
-  rc1=$?; grep -a "^\[raw\]\|Error\|Traceback" "$OUT/bench_raw.log" | cut -c1-400 | tail -20
-  python3 benchmarks/vllm_bench.py ws --model "$MODEL" --load-format dummy --out "$OUT/bench_ws.json" > "$OUT/bench_ws.log" 2>&1
-  rc2=$?; grep -a "^\[ws\]\|Error\|Traceback" "$OUT/bench_ws.log" | cut -c1-400 | tail -20
-  [ $rc1 -eq 0 ] && [ $rc2 -eq 0 ] && python3 benchmarks/vllm_bench.py report "$OUT/bench_raw.json" "$OUT/bench_ws.json" --out "$OUT/bench.md"
-  exit $(( rc1 || rc2 ));;
+bench|bench_raw|bench_ws|bench_report)
+  # Raw AsyncLLM vs the WebSocket path (benchmarks/vllm_bench.py), random weights.
+  # `bench [1b|8b]` runs all three parts; each part alone fits one device call
+  # (8B: raw, then ws, then report). Results also stay in /tmp/res/<model>.
+  size="${1:-1b}"; RES=/tmp/res/$size; mkdir -p "$RES"
+  M="$WH/models/llama-$size"; rc=0
+  if [ "$step" = bench ] || [ "$step" = bench_raw ]; then
+    log "benchmark ($size): raw AsyncLLM"
+    python3 benchmarks/vllm_bench.py raw --model "$M" --load-format dummy --out "$RES/bench_raw.json" > "$RES/bench_raw.log" 2>&1 || rc=1
+    grep -a "^\[raw\]\|Error\|Traceback" "$RES/bench_raw.log" | cut -c1-400 | tail -24
+  fi
+  if [ "$step" = bench ] || [ "$step" = bench_ws ]; then
+    log "benchmark ($size): WebSocket path"
+    python3 benchmarks/vllm_bench.py ws --model "$M" --load-format dummy --out "$RES/bench_ws.json" > "$RES/bench_ws.log" 2>&1 || rc=1
+    grep -a "^\[ws\]\|Error\|Traceback" "$RES/bench_ws.log" | cut -c1-400 | tail -24
+  fi
+  if [ "$step" = bench ] || [ "$step" = bench_report ]; then
+    python3 benchmarks/vllm_bench.py report "$RES/bench_raw.json" "$RES/bench_ws.json" --out "$RES/bench.md" || rc=1
+  fi
+  cp "$RES"/*.json "$RES"/*.md "$OUT"/ 2>/dev/null
+  (cd "$RES" && tar czf "$OUT/bench_logs_$size.tgz" *.log 2>/dev/null)
+  exit $rc;;
 bench_si4)
   # The WebSocket path again with STREAM_INTERVAL=4 (vLLM streams every 4th token):
   # how much of the WS overhead under load is per-token work. Compare with bench_ws.json.

@@ -289,6 +289,35 @@ def test_a_turn_tokenizes_only_what_is_new(smollm2_tokenizer: Any) -> None:
     assert sum(len(t) for t in tok.encoded) < 120
 
 
+def test_the_system_prompt_is_tokenized_once(smollm2_tokenizer: Any) -> None:
+    """Counted at `start`, it is not tokenized again when the turn renders
+    (each content and the template text after it are tokenized apart)."""
+    tok = CountingTokenizer(smollm2_tokenizer)
+    b = build(tok)
+    assert b.split_contents
+    long_prompt = "You are Yap, a careful assistant. " * 40
+    system = b.system_prompt(long_prompt, None, None)
+    tok.encoded.clear()
+    r = b.render(system, [], "What time is it?", 150)
+    assert not any(system in text for text in tok.encoded)
+    assert list(r.token_ids) == smollm2_tokenizer.encode(r.text, add_special_tokens=False)
+
+
+def test_cheap_only_when_everything_but_a_short_utterance_is_tokenized(smollm2_tokenizer: Any) -> None:
+    tok = CountingTokenizer(smollm2_tokenizer)
+    b = build(tok)
+    system = b.system_prompt("You are Yap.", None, None)
+    history = [Message("user", "hi there"), Message("assistant", "Hello! What can I do for you today?")]
+    assert not b.cheap(system, history, "and now?")  # the reply was never tokenized
+    b.remember([m.content for m in history])  # what the server does after a turn, in a thread
+    assert b.cheap(system, history, "and now?")
+    assert not b.cheap(system, history, "x" * 5000)  # a long utterance goes to a thread
+    b.render(system, history, "first?", 150)  # the template's texts for this shape, once
+    tok.encoded.clear()
+    b.render(system, history, "and now?", 150)
+    assert tok.encoded == ["and now?"]  # only the new utterance is tokenized
+
+
 # --- templates that do not allow segment-wise ids ----------------------------------
 
 

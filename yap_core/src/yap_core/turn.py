@@ -150,6 +150,9 @@ class TurnRunner:
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
         # perf_counter() marks for TURN_TIMING_LOG: where the time to first token went
+        self.started_at: float | None = None
+        self.render_started_at: float | None = None
+        self.rendered_inline = False
         self.rendered_at: float | None = None
         self.submitted_at: float | None = None
         self.first_delta_at: float | None = None
@@ -161,6 +164,7 @@ class TurnRunner:
         rt = self.runtime
         tele = rt.telemetry
         turn = self.turn
+        self.started_at = time.perf_counter()
         rt.turn_started()
         tele.generation_started()
         status = "error"
@@ -212,6 +216,9 @@ class TurnRunner:
                 {
                     "request_id": self.turn.request_id,
                     "status": status,
+                    "task_ms": ms(t0, self.started_at),  # frame arrived -> the turn's task runs
+                    "render_call_ms": ms(self.render_started_at, self.rendered_at),  # the prompt render itself
+                    "render_inline": self.rendered_inline,  # False: in a worker thread
                     "render_ms": ms(t0, self.rendered_at),  # frame arrived -> prompt ids ready
                     "submit_ms": ms(t0, self.submitted_at),  # frame arrived -> engine.stream called
                     "engine_first_ms": ms(self.submitted_at, self.first_delta_at),  # engine's own TTFT
@@ -258,9 +265,11 @@ class TurnRunner:
     # --- chat -------------------------------------------------------------------
     async def _render(self, model_text: str) -> RenderedPrompt:
         builder = self.runtime.chat.builder  # type: ignore[union-attr]
+        self.render_started_at = time.perf_counter()
         history = tuple(self.history)
         max_out = self.spec.sampling.max_tokens
-        if builder.cheap(self.system, history, model_text):
+        self.rendered_inline = builder.cheap(self.system, history, model_text)
+        if self.rendered_inline:
             # Everything but a short utterance is tokenized already: rendering
             # here costs less than the hop to a worker thread would.
             rendered = builder.render(self.system, history, model_text, max_out)
