@@ -8,9 +8,12 @@ this client pinned to another, and prints:
    same socket. The engine's first token is instant, so TTFT minus the RTT is
    what the server adds (decode, session, prompt render and tokenize, engine
    call, sanitizer, encode, send) before the client has its first token.
-2. Token frames per second the one server core pushes to many sockets at once,
-   and the server's CPU time per token frame (its process CPU seconds over the
-   frames it sent: every per-turn cost is spread over the frames).
+2. Tokens per second the one server core pushes to many sockets at once, and
+   the server's CPU time per token (its process CPU seconds over the tokens it
+   sent: every per-turn cost is spread over them). Tokens, not frames: when
+   the server lags, a turn's pieces join one frame (connection.Outbox), so
+   frames alone would flatter a saturated server; the scripted reply is one
+   word per token, so the client counts words.
 
     .venv/bin/python benchmarks/server_overhead.py [--sessions 64] [--seconds 10]
 
@@ -101,20 +104,21 @@ async def gap_phase(url: str, turns: int) -> Summary:
     return summarize(gaps)
 
 
-async def _stream_until(url: str, sessions: int, start: float, stop: float) -> int:
+async def _stream_until(url: str, sessions: int, start: float, stop: float) -> tuple[int, int]:
     """Open `sessions` sockets, then from `start` to `stop` run turns back to
-    back; returns the token frames that arrived inside the window."""
+    back; returns the token frames and the tokens (words) that arrived inside the window."""
     conns = [await YapConnection.open(url, KEY) for _ in range(sessions)]
     sids = [new_id() for _ in conns]
     for conn, sid in zip(conns, sids, strict=True):
         ready = await conn.turn("start", sid, {}, wait_s=30)
         assert ready.end == "ready", ready
-    frames = 0
+    frames = tokens = 0
 
     def count(frame: Frame, _at: float) -> None:
-        nonlocal frames
+        nonlocal frames, tokens
         if frame.type == "token" and start <= time.perf_counter() <= stop:
             frames += 1
+            tokens += len(frame.payload.get("text", "").split())
 
     async def one(conn: YapConnection, sid: str) -> None:
         while time.perf_counter() < stop:
@@ -130,16 +134,16 @@ async def _stream_until(url: str, sessions: int, start: float, stop: float) -> i
         raise SystemExit(f"throughput phase failed: {exc}") from exc
     for conn in conns:
         await conn.close()
-    return frames
+    return frames, tokens
 
 
-def _worker(url: str, sessions: int, start: float, stop: float, cpu: int | None) -> tuple[int, float]:
+def _worker(url: str, sessions: int, start: float, stop: float, cpu: int | None) -> tuple[int, int, float]:
     """A client process (its own core): token frames counted, and its CPU seconds."""
     if cpu is not None:
         pin({cpu})
-    frames = asyncio.run(_stream_until(url, sessions, start, stop))
+    frames, tokens = asyncio.run(_stream_until(url, sessions, start, stop))
     t = psutil.Process().cpu_times()
-    return frames, t.user + t.system
+    return frames, tokens, t.user + t.system
 
 
 async def throughput_phase(url: str, sessions: int, seconds: float, server_pid: int,
@@ -163,12 +167,16 @@ async def throughput_phase(url: str, sessions: int, seconds: float, server_pid: 
         await asyncio.sleep(max(0.0, stop - time.perf_counter()))
         s1 = server.cpu_times()
         results = await asyncio.gather(*futures)
-    frames = sum(f for f, _ in results)
+    frames = sum(f for f, _, _ in results)
+    tokens = sum(n for _, n, _ in results)
     server_cpu = (s1.user + s1.system) - (s0.user + s0.system)
     return {
         "wall_s": seconds,
         "token_frames": frames,
         "frames_per_s": frames / seconds,
+        "tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "server_us_per_token": 1e6 * server_cpu / max(tokens, 1),
         "server_cpu_percent": 100 * server_cpu / seconds,
         "client_processes": len(results),
         "server_us_per_frame": 1e6 * server_cpu / max(frames, 1),
@@ -216,9 +224,11 @@ async def run(args: argparse.Namespace) -> None:
                   f"p90 {gap.p90:.0f} us, p99 {gap.p99:.0f} us (server wall time per frame, engine step included)")
             t = await throughput_phase(srv.ws_url, args.sessions, args.seconds, srv.pid, client_cpus)
             print(f"throughput, {args.sessions} sockets from {t['client_processes']:.0f} client process(es), "
-                  f"{t['wall_s']:.0f} s: {t['token_frames']:.0f} token frames = {t['frames_per_s']:.0f} frames/s")
+                  f"{t['wall_s']:.0f} s: {t['tokens']:.0f} tokens in {t['token_frames']:.0f} token frames = "
+                  f"{t['tokens_per_s']:.0f} tokens/s, {t['frames_per_s']:.0f} frames/s")
             print(f"server CPU {t['server_cpu_percent']:.0f}% of its one core; "
-                  f"server CPU time per token frame: {t['server_us_per_frame']:.1f} us (target < 50 us)")
+                  f"server CPU time per token: {t['server_us_per_token']:.1f} us, per token frame: "
+                  f"{t['server_us_per_frame']:.1f} us (target < 50 us)")
         finally:
             await srv.stop()
             await asyncio.to_thread(log.unlink, missing_ok=True)
