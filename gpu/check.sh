@@ -70,24 +70,25 @@ protocol)
 bench|bench_raw|bench_ws|bench_report)
   # Raw AsyncLLM vs the WebSocket path (benchmarks/vllm_bench.py), random weights.
   # `bench [1b|8b]` runs all three parts; each part alone fits one device call
-  # (8B: raw, then ws, then report). Results also stay in /tmp/res/<model>.
-  size="${1:-1b}"; RES=/tmp/res/$size; mkdir -p "$RES"
+  # (8B: raw, then ws, then report). Results also stay in /tmp/res/<model>-si<N>.
+  # SI=N in the environment: STREAM_INTERVAL for both phases (default 1).
+  size="${1:-1b}"; SI="${SI:-1}"; RES=/tmp/res/$size-si$SI; mkdir -p "$RES"
   M="$WH/models/llama-$size"; rc=0
   if [ "$step" = bench ] || [ "$step" = bench_raw ]; then
     log "benchmark ($size): raw AsyncLLM"
-    python3 benchmarks/vllm_bench.py raw --model "$M" --load-format dummy --out "$RES/bench_raw.json" > "$RES/bench_raw.log" 2>&1 || rc=1
+    python3 benchmarks/vllm_bench.py raw --model "$M" --load-format dummy --stream-interval "$SI" --out "$RES/bench_raw.json" > "$RES/bench_raw.log" 2>&1 || rc=1
     grep -a "^\[raw\]\|Error\|Traceback" "$RES/bench_raw.log" | cut -c1-400 | tail -24
   fi
   if [ "$step" = bench ] || [ "$step" = bench_ws ]; then
     log "benchmark ($size): WebSocket path"
-    python3 benchmarks/vllm_bench.py ws --model "$M" --load-format dummy --out "$RES/bench_ws.json" > "$RES/bench_ws.log" 2>&1 || rc=1
+    python3 benchmarks/vllm_bench.py ws --model "$M" --load-format dummy --stream-interval "$SI" --out "$RES/bench_ws.json" > "$RES/bench_ws.log" 2>&1 || rc=1
     grep -a "^\[ws\]\|Error\|Traceback" "$RES/bench_ws.log" | cut -c1-400 | tail -24
   fi
   if [ "$step" = bench ] || [ "$step" = bench_report ]; then
     python3 benchmarks/vllm_bench.py report "$RES/bench_raw.json" "$RES/bench_ws.json" --out "$RES/bench.md" || rc=1
   fi
   cp "$RES"/*.json "$RES"/*.md "$OUT"/ 2>/dev/null
-  (cd "$RES" && tar czf "$OUT/bench_logs_$size.tgz" *.log 2>/dev/null)
+  (cd "$RES" && tar czf "$OUT/bench_logs_$size-si$SI.tgz" *.log 2>/dev/null)
   exit $rc;;
 bench_si4)
   # The WebSocket path again with STREAM_INTERVAL=4 (vLLM streams every 4th token):

@@ -289,6 +289,14 @@ def test_a_turn_tokenizes_only_what_is_new(smollm2_tokenizer: Any) -> None:
     assert sum(len(t) for t in tok.encoded) < 120
 
 
+def test_a_fast_tokenizer_is_called_through_its_rust_encode(smollm2_tokenizer: Any) -> None:
+    """The builder uses the Rust tokenizer's own encode (no batch, no thread
+    pool) after checking it gives the tokenizer's ids; a tokenizer without a
+    Rust backend keeps its own encode."""
+    assert build(smollm2_tokenizer).rust_encode
+    assert not build(CountingTokenizer(smollm2_tokenizer)).rust_encode
+
+
 def test_the_system_prompt_is_tokenized_once(smollm2_tokenizer: Any) -> None:
     """Counted at `start`, it is not tokenized again when the turn renders
     (each content and the template text after it are tokenized apart)."""

@@ -106,7 +106,7 @@ class PromptBuilder:
         cache_size: int = 8192,
     ) -> None:
         self._tok = tokenizer
-        self._encode = _encoder(tokenizer)
+        self._encode, self.rust_encode = _encoder(tokenizer)
         self._settings = settings
         self.max_model_len = max_model_len
         self._personas = personas
@@ -118,6 +118,12 @@ class PromptBuilder:
         self._specials = re.compile("|".join(map(re.escape, specials))) if specials else None
         self.segmented = self._concatenation_safe()
         self.split_contents = self.segmented and self._split_safe()
+        log.info(
+            "prompt builder: segment-wise ids %s, contents tokenized apart %s, Rust encode %s",
+            self.segmented,
+            self.split_contents,
+            self.rust_encode,
+        )
         if not self.segmented:
             log.warning(
                 "chat tokenizer is not concatenation-safe: prompts are tokenized whole "
@@ -363,7 +369,7 @@ class PromptBuilder:
         return joined == list(self._encode(self._template(conv)))
 
 
-def _encoder(tok: ChatTokenizer) -> Callable[[str], Sequence[int]]:
+def _encoder(tok: ChatTokenizer) -> tuple[Callable[[str], Sequence[int]], bool]:
     """How to tokenize one text without special tokens. A Hugging Face fast
     tokenizer's own Rust ``encode`` when it gives the same ids as the
     tokenizer's ``encode`` (checked here on probe texts): transformers' path
@@ -375,7 +381,7 @@ def _encoder(tok: ChatTokenizer) -> Callable[[str], Sequence[int]]:
 
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is None or not callable(getattr(backend, "encode", None)):
-        return plain
+        return plain, False
 
     def fast(text: str) -> Sequence[int]:
         return backend.encode(text, add_special_tokens=False).ids
@@ -386,7 +392,7 @@ def _encoder(tok: ChatTokenizer) -> Callable[[str], Sequence[int]]:
         same = all(list(fast(p)) == list(plain(p)) for p in probes)
     except Exception:  # a backend with another signature: use the tokenizer's own method
         same = False
-    return fast if same else plain
+    return (fast, True) if same else (plain, False)
 
 
 def _turn_starts(msgs: list[tuple[str, str]]) -> list[int]:
