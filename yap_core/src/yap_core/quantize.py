@@ -28,17 +28,18 @@ def read_quant_method(checkpoint: Path) -> str | None:
     """
     if not checkpoint.is_dir():
         return None
-    config = _read_json(checkpoint / "config.json")
+    config = read_json_object(checkpoint / "config.json")
     qc = config.get("quantization_config") if config else None
     if isinstance(qc, dict) and isinstance(qc.get("quant_method"), str):
         return qc["quant_method"].lower()
-    modelopt = _read_json(checkpoint / "hf_quant_config.json")
+    modelopt = read_json_object(checkpoint / "hf_quant_config.json")
     if modelopt and isinstance(modelopt.get("quantization"), dict):
         return "modelopt"
     return None
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json_object(path: Path) -> dict | None:
+    """A checkpoint's JSON file as a dict; None when missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -13,7 +13,6 @@ the end, so a failed build never leaves half a checkpoint where a good one was.
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 import subprocess
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from yap_core.contracts import BuildResult, CalibrationConfig, Progress
-from yap_core.quantize import read_quant_method
+from yap_core.quantize import read_json_object, read_quant_method
 
 from yap_engines_trt import calibration as calib
 from yap_engines_trt.engine_limits import DEFAULT_MAX_NUM_TOKENS
@@ -218,20 +217,12 @@ def _declared_algo(folder: Path) -> str | None:
         (folder / "config.json", ("quantization", "quant_algo")),  # TRT-LLM checkpoint
         (folder / "config.json", ("quantization_config", "quant_algo")),  # unified HF export
     ):
-        value: Any = _read_json(path)
+        value: Any = read_json_object(path)
         for k in keys:
             value = value.get(k) if isinstance(value, dict) else None
         if isinstance(value, str):
             return value
     return None
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _quant_algo(out: Path, export: str) -> str:
