@@ -111,6 +111,9 @@ class PromptBuilder:
         self.max_model_len = max_model_len
         self._personas = personas
         self._ids_cache: _LRU[str, tuple[int, ...]] = _LRU(cache_size)
+        # raw content -> as rendered: a turn looks at every content several times
+        # (inline check, history budget, render), and again on every later turn
+        self._cleaned: _LRU[str, str] = _LRU(cache_size)
         self._skeletons: _LRU[tuple[str, ...], tuple[str, ...] | tuple[()]] = _LRU(256)
         # Contents must not smuggle control tokens (a user typing "<|im_end|>"
         # would otherwise open a fake system turn): they are removed.
@@ -157,7 +160,11 @@ class PromptBuilder:
     def cheap(self, system: str, history: Sequence[Message], user_text: str) -> bool:
         """Is rendering this turn little enough work for the event loop? True
         when every earlier content is tokenized already (see ``remember``) and
-        the utterance is short; the caller otherwise renders in a thread."""
+        the utterance is short; the caller otherwise renders in a thread.
+        Only new tokenization counts: the Rust tokenizer releases the GIL, so a
+        thread helps there. The rest (the template render, ~0.1 ms per 1,000
+        characters of conversation) is pure Python holding the GIL: in a thread
+        it would stall the loop just the same, plus the hop."""
         if not self.split_contents or len(user_text) > INLINE_NEW_CHARS:
             return False
         cache = self._ids_cache
@@ -329,9 +336,12 @@ class PromptBuilder:
     def _clean(self, content: str) -> str:
         """Contents as rendered: without control tokens, without outer
         whitespace (which would also blur the token boundary at their start)."""
-        if self._specials is not None:
-            content = self._specials.sub("", content)
-        return content.strip()
+        cleaned = self._cleaned.get(content)
+        if cleaned is None:
+            cleaned = self._specials.sub("", content) if self._specials is not None else content
+            cleaned = cleaned.strip()
+            self._cleaned.put(content, cleaned)
+        return cleaned
 
     def _ids(self, text: str) -> tuple[int, ...]:
         ids = self._ids_cache.get(text)
