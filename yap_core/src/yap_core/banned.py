@@ -16,11 +16,9 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from importlib.resources import files
-from pathlib import Path
 
 from yap_core.contracts import ChatTokenizer
-from yap_core.settings import SettingsError
+from yap_core.settings import SettingsError, read_data_file
 
 __all__ = ["DEFAULT_BIAS", "load_phrases", "logit_bias", "targets"]
 
@@ -41,21 +39,14 @@ _COMMON = frozenset(
 
 def load_phrases(path: str | None) -> list[str]:
     """The phrases of ``path`` (one a line, # comments), or the built-in list."""
-    if path is None:
-        raw = files("yap_core").joinpath("data/banned_phrases.txt").read_text(encoding="utf-8")
-        source = "built-in banned_phrases.txt"
-    else:
-        file = Path(path)
-        if not file.is_file():
-            raise SettingsError(f"BANNED_PHRASES_FILE: no such file {file}")
-        raw = file.read_text(encoding="utf-8")
-        source = str(file)
+    raw, source = read_data_file("BANNED_PHRASES_FILE", path, "banned_phrases.txt")
     phrases = []
     for number, line in enumerate(raw.splitlines(), start=1):
         phrase = line.strip()
         if not phrase or phrase.startswith("#"):
             continue
-        if _MARK.sub("", phrase).count("[") or _MARK.sub("", phrase).count("]"):
+        unmarked = _MARK.sub("", phrase)
+        if "[" in unmarked or "]" in unmarked:
             raise SettingsError(f"BANNED_PHRASES_FILE {source}:{number}: unbalanced [ ] in {phrase!r}")
         phrases.append(phrase)
     return phrases

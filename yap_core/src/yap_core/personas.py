@@ -10,14 +10,12 @@ from __future__ import annotations
 import re
 import string
 import tomllib
-from importlib.resources import files
-from pathlib import Path
 from typing import Literal
 
 import msgspec
 
 from yap_core.prompt_types import PromptError
-from yap_core.settings import SettingsError
+from yap_core.settings import SettingsError, read_data_file
 
 GenderKey = Literal["female", "male", "none"]
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -80,15 +78,7 @@ class Personas:
     @classmethod
     def load(cls, path: str | None) -> Personas:
         """The built-in personas for None, else the TOML file at ``path``."""
-        if path is None:
-            raw = files("yap_core").joinpath("data/personas.toml").read_text(encoding="utf-8")
-            source = "built-in personas.toml"
-        else:
-            file = Path(path)
-            if not file.is_file():
-                raise SettingsError(f"PERSONAS_FILE: no such file {file}")
-            raw = file.read_text(encoding="utf-8")
-            source = str(file)
+        raw, source = read_data_file("PERSONAS_FILE", path, "personas.toml")
         try:
             table = tomllib.loads(raw)
             data = msgspec.convert(table, _PersonasFile)

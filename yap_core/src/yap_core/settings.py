@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -30,6 +31,18 @@ class SettingsError(ValueError):
 
 def doc(description: str, **constraints: Any) -> msgspec.Meta:
     return msgspec.Meta(description=description, **constraints)
+
+
+def read_data_file(setting: str, path: str | None, builtin: str) -> tuple[str, str]:
+    """(text, source) of the file a setting names (``PERSONAS_FILE`` ...), or
+    of the built-in ``yap_core/data/<builtin>`` when the setting is empty."""
+    if path is None:
+        raw = files("yap_core").joinpath(f"data/{builtin}").read_text(encoding="utf-8")
+        return raw, f"built-in {builtin}"
+    file = Path(path)
+    if not file.is_file():
+        raise SettingsError(f"{setting}: no such file {file}")
+    return file.read_text(encoding="utf-8"), str(file)
 
 
 class Config:
