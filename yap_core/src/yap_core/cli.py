@@ -66,10 +66,7 @@ def cli() -> None:
 def plugins(as_json: bool) -> None:
     """List installed plugins (from metadata; nothing is imported)."""
     try:
-        core = Config.discover().section("core", CoreSettings)
-        selected = [core.inference_engine] if core.deploy_mode != "tool" else []
-        if core.deploy_mode != "chat":
-            selected.append(core.tool_classifier)
+        selected = Config.discover().section("core", CoreSettings).plugin_names()
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from exc
     found = installed_plugins(selected)

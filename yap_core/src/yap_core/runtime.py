@@ -66,7 +66,7 @@ class Runtime:
         self.connections = 0
         self.active_turns = 0
         self.host = PluginHost()
-        self.selected: list[str] = []
+        self.selected = settings.plugin_names()
         self.engine: Engine | None = None
         self.classifier: Classifier | None = None
         self.chat: ChatParts | None = None
@@ -90,10 +90,6 @@ class Runtime:
     # --- construction: no model loads here ---------------------------------
     def _build(self) -> None:
         s = self.settings
-        if s.deploy_mode != "tool":
-            self.selected.append(s.inference_engine)
-        if s.deploy_mode != "chat" and s.tool_classifier not in self.selected:
-            self.selected.append(s.tool_classifier)
         for name in self.selected:
             self.host.load(name)
         if s.deploy_mode != "tool":

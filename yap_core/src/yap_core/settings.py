@@ -266,6 +266,14 @@ class CoreSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         float, doc("At most one Sentry event per error class per this many seconds.", gt=0)
     ] = 60.0
 
+    def plugin_names(self) -> list[str]:
+        """The plugins this deployment selects: the engine unless DEPLOY_MODE=tool,
+        the classifier unless DEPLOY_MODE=chat (once when both are one plugin)."""
+        names = [self.inference_engine] if self.deploy_mode != "tool" else []
+        if self.deploy_mode != "chat" and self.tool_classifier not in names:
+            names.append(self.tool_classifier)
+        return names
+
     def validate(self) -> None:
         """Cross-field checks done at start-up, before any model loads."""
         if not self.text_api_key and self.deploy_mode in ("both", "chat", "tool"):
