@@ -246,14 +246,7 @@ class Connection:
             elif kind == "pong":
                 return
             elif kind in ("start", "message", "followup"):
-                wait = self.messages.admit()
-                if wait:
-                    self.runtime.telemetry.rate_limit_violation("message")
-                    raise FrameError(
-                        "rate_limited",
-                        f"over {self.messages.limit} start/message/followup per {self.messages.window_s:g}s",
-                        retry_after_ms=wait,
-                    )
+                self._admit(self.messages, "message", "start/message/followup")
                 if kind == "start":
                     await self.host.start(frame, received_at)
                 elif kind == "message":
@@ -261,14 +254,7 @@ class Connection:
                 else:
                     await self.host.followup(frame, received_at)
             elif kind == "cancel":
-                wait = self.cancels.admit()
-                if wait:
-                    self.runtime.telemetry.rate_limit_violation("cancel")
-                    raise FrameError(
-                        "rate_limited",
-                        f"over {self.cancels.limit} cancel per {self.cancels.window_s:g}s",
-                        retry_after_ms=wait,
-                    )
+                self._admit(self.cancels, "cancel", "cancel")
                 self.host.cancel(frame)
             elif kind == "end":
                 self.host.end(frame)
@@ -286,6 +272,17 @@ class Connection:
                     session_id=frame.session_id,
                     request_id=frame.request_id,
                 )
+            )
+
+    def _admit(self, window: SlidingWindow, kind: str, frames_counted: str) -> None:
+        """Count one frame against ``window``; over its limit, ``rate_limited``."""
+        wait = window.admit()
+        if wait:
+            self.runtime.telemetry.rate_limit_violation(kind)
+            raise FrameError(
+                "rate_limited",
+                f"over {window.limit} {frames_counted} per {window.window_s:g}s",
+                retry_after_ms=wait,
             )
 
     def _error(self, exc: FrameError) -> None:
