@@ -117,6 +117,9 @@ class Runtime:
                 )
             progress("prompt builder: reading the chat template, personas and banned phrases")
             self.chat = await asyncio.to_thread(self._chat_parts, self.engine)
+            if self.chat.logit_bias:
+                # Every turn's sampling starts from the defaults: the banned-phrase bias goes in once, here.
+                self.default_sampling = msgspec.structs.replace(self.default_sampling, logit_bias=self.chat.logit_bias)
             await self._warm(progress)
         if self.classifier is not None:
             progress(f"classifier {self.classifier.name}: loading")

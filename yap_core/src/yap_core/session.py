@@ -111,8 +111,6 @@ class SessionHost:
             sampling = msgspec.structs.replace(base, **changes) if changes else base
             if wire.sanitize_output is not UNSET:
                 sanitize = wire.sanitize_output
-        if self.runtime.chat is not None and self.runtime.chat.logit_bias:
-            sampling = msgspec.structs.replace(sampling, logit_bias=self.runtime.chat.logit_bias)
         return sampling, sanitize
 
     def _not_draining(self) -> None:
