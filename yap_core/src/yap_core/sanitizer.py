@@ -120,6 +120,15 @@ class StreamSanitizer:
         buf, i, out = self._buf, 0, []
         n = len(buf)
         while i < n:
+            plain = _PLAIN.match(buf, i)
+            if plain is not None:
+                # Most of a reply: passed as it is, in one step rather than per character.
+                run = plain.group()
+                out.append(run)
+                i = plain.end()
+                if not run.isspace():
+                    self._line_start = False
+                continue
             c = buf[i]
             rule = _RULES.get(c)
             if rule is None:
@@ -379,6 +388,12 @@ _RULES: dict[str, Callable[[str, int, bool, bool], Step]] = {
     "~": _tilde,
     **{c: _currency for c in _CURRENCY},
 }
+
+# Printable ASCII that no rule and no substitution touches (space included):
+# the lexer copies a run of it as it is.
+_PLAIN = re.compile(
+    "[" + re.escape("".join(c for c in map(chr, range(0x20, 0x7F)) if c not in _RULES and c not in _SIMPLE)) + "]+"
+)
 
 
 def sanitize(text: str) -> str:
