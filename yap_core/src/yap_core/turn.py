@@ -24,6 +24,7 @@ from yap_core import frames
 from yap_core.contracts import Decision, Delta, GenerationRequest, Sampling
 from yap_core.prompt_types import Message, PromptError, RenderedPrompt
 from yap_core.runtime import Runtime
+from yap_core.sanitizer import StreamSanitizer
 
 log = logging.getLogger("yap.turn")
 timing_log = logging.getLogger("yap.timing")  # TURN_TIMING_LOG
@@ -340,7 +341,7 @@ class TurnRunner:
 
     async def _consume(self, stream: AsyncIterator[Delta], first: Delta | None) -> None:
         """Forward deltas as token frames (through the sanitizer), then final and done."""
-        sanitizer = _new_sanitizer() if self.spec.sanitize else None
+        sanitizer = StreamSanitizer() if self.spec.sanitize else None
         last: Delta | None = None
         tele = self.runtime.telemetry
         turn = self.turn
@@ -425,9 +426,3 @@ async def _discard(
     if runtime.engine is not None:
         with contextlib.suppress(Exception):
             await runtime.engine.abort(request_id)
-
-
-def _new_sanitizer():  # type: ignore[no-untyped-def]
-    from yap_core.sanitizer import StreamSanitizer
-
-    return StreamSanitizer()
