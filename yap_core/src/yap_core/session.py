@@ -270,22 +270,23 @@ class SessionHost:
             session = self.sessions.get(frame.session_id)
             turn = session.running if session else None
             return [turn] if turn is not None else []
-        running = [s.running for s in self.sessions.values() if s.running is not None]
+        running = self._running()
         if frame.request_id is not None:
-            return [t for t in running if t is not None and t.request_id == frame.request_id]
-        return [t for t in running if t is not None]
+            return [t for t in running if t.request_id == frame.request_id]
+        return running
 
     def end(self, frame: frames.ClientFrame) -> None:
         """Cancel what runs on the socket (announced), then ``session_end``; the
         caller closes 1000, which ends every session of the socket."""
-        for turn in self._targets_all():
+        for turn in self._running():
             turn.cancel("end", announce=True)
         self.emit(frames.encode("session_end", frame.session_id, frame.request_id, frames.EMPTY))
         self.closed = True
         self._close_spans("end")
 
-    def _targets_all(self) -> list[Turn]:
-        return [s.running for s in self.sessions.values() if s.running is not None]  # type: ignore[misc]
+    def _running(self) -> list[Turn]:
+        """The running turns of every session of the socket."""
+        return [turn for s in self.sessions.values() if (turn := s.running) is not None]
 
     async def close(self) -> None:
         """The socket is gone: stop every turn without frames and wait for the
