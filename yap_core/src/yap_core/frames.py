@@ -19,6 +19,8 @@ from msgspec import UNSET, Meta, Raw, UnsetType
 # Ids are echoed on every frame; bound them so a client cannot make us echo megabytes.
 Id = Annotated[str, Meta(min_length=1, max_length=256)]
 NonBlank = Annotated[str, Meta(min_length=1, pattern=r"\S")]
+# A personality the wire can name; persona files are held to the same rule.
+PERSONALITY_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
 
 
 class Envelope(msgspec.Struct):
@@ -54,7 +56,7 @@ class HistoryItem(msgspec.Struct, forbid_unknown_fields=True):
 
 class StartPayload(msgspec.Struct, forbid_unknown_fields=True):
     chat_prompt: str | None = None
-    personality: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")] | None = None
+    personality: Annotated[str, Meta(pattern=PERSONALITY_PATTERN)] | None = None
     gender: Literal["female", "male"] | None = None
     history: list[HistoryItem] = []
     user_utterance: NonBlank | None = None

@@ -14,11 +14,12 @@ from typing import Literal
 
 import msgspec
 
+from yap_core.frames import PERSONALITY_PATTERN
 from yap_core.prompt_types import PromptError
 from yap_core.settings import SettingsError, read_data_file
 
 GenderKey = Literal["female", "male", "none"]
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_NAME = re.compile(PERSONALITY_PATTERN)
 _PLACEHOLDERS = frozenset({"name", "noun"})
 
 
