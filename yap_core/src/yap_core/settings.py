@@ -146,11 +146,9 @@ def describe(type_: type[msgspec.Struct]) -> list[tuple[str, str, str]]:
     info = mi.type_info(type_)
     assert isinstance(info, mi.StructType)
     for f in info.fields:
-        desc = f.type.extra_json_schema.get("description", "") if isinstance(f.type, mi.Metadata) and f.type.extra_json_schema else ""
-        hint = type_.__annotations__.get(f.name)
-        for extra in getattr(hint, "__metadata__", ()) or ():
-            if isinstance(extra, msgspec.Meta) and extra.description:
-                desc = extra.description
+        # doc()'s description, as msgspec reads it (string annotations included)
+        extra = f.type.extra_json_schema if isinstance(f.type, mi.Metadata) else None
+        desc = (extra or {}).get("description", "")
         default = "(required)" if f.required else repr(f.default)
         rows.append((f.name.upper(), default, desc))
     return rows
