@@ -124,3 +124,11 @@ def quantize_command(
         raise click.ClickException(str(exc)) from exc
     state = "reused" if result.reused else "built"
     click.echo(f"{state} {result.format} checkpoint in {result.out_dir} (metadata: {result.metadata_file})")
+
+
+def read_context_length(checkpoint: Path) -> int | None:
+    """The context length a local checkpoint's ``config.json`` declares
+    (``max_position_embeddings``); None for a hub id, a missing file or no such field."""
+    config = read_json_object(checkpoint / "config.json")
+    value = config.get("max_position_embeddings") if config else None
+    return value if isinstance(value, int) else None

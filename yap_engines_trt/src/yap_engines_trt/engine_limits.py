@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import msgspec
+from yap_core.quantize import read_context_length
 from yap_core.settings import SettingsError
 
 from yap_engines_trt.settings import TrtSettings
@@ -79,7 +80,7 @@ def engine_limits(settings: TrtSettings, build: EngineBuild) -> RuntimeLimits:
 def checkpoint_limits(settings: TrtSettings, model_dir: Path) -> RuntimeLimits:
     """PyTorch backend: no build, so the settings are the limits; the context
     length defaults to (and may not exceed) the model's own."""
-    native = _model_context(model_dir)
+    native = read_context_length(model_dir)
     seq = settings.chat_max_len or native
     if seq is None:
         raise SettingsError(f"{model_dir}: config.json names no max_position_embeddings; set CHAT_MAX_LEN")
@@ -89,12 +90,3 @@ def checkpoint_limits(settings: TrtSettings, model_dir: Path) -> RuntimeLimits:
     return RuntimeLimits(
         max_batch_size=settings.trt_batch_size or most, max_seq_len=seq, max_num_tokens=settings.trt_max_num_tokens or DEFAULT_MAX_NUM_TOKENS
     )
-
-
-def _model_context(model_dir: Path) -> int | None:
-    try:
-        data = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    value = data.get("max_position_embeddings") if isinstance(data, dict) else None
-    return value if isinstance(value, int) else None

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
-import json
 import logging
 import time
 import uuid
@@ -33,6 +32,7 @@ from yap_core.contracts import (
     Progress,
     Sampling,
 )
+from yap_core.quantize import read_context_length
 from yap_core.settings import CoreSettings, SettingsError
 
 from yap_engines_vllm import quant
@@ -70,7 +70,8 @@ class VllmEngine:
         self._settings = settings
         self.model_id = core.chat_model
         self.version = _installed_vllm_version()
-        self.max_model_len = settings.chat_max_len or _config_max_len(core.chat_model) or 0
+        # until start(): what a local checkpoint declares (vLLM decides at start)
+        self.max_model_len = settings.chat_max_len or read_context_length(Path(core.chat_model)) or 0
         self._llm: Any = None
         self._tokenizer: ChatTokenizer | None = None
         self._snapshot = SchedulerSnapshot()
@@ -269,13 +270,3 @@ def _installed_vllm_version() -> str:
         return importlib.metadata.version("vllm")
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
-
-
-def _config_max_len(model: str) -> int | None:
-    """The context length a local checkpoint declares (vLLM decides at start)."""
-    try:
-        config = json.loads((Path(model) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    value = config.get("max_position_embeddings") if isinstance(config, dict) else None
-    return value if isinstance(value, int) else None
