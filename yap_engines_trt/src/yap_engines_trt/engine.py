@@ -29,6 +29,7 @@ from yap_core.contracts import (
     Progress,
     Sampling,
 )
+from yap_core.quantize import read_json_object
 from yap_core.settings import Config, CoreSettings, SettingsError
 from yap_core.stops import StopMatcher
 
@@ -346,15 +347,10 @@ def _load_tokenizer(path: str) -> Any:
 
 
 def _vocab_size(model_dir: Path, backend: str) -> int | None:
-    import json
-
-    try:
-        data = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
+    data: Any = read_json_object(model_dir / "config.json") or {}
     if backend == "tensorrt":
-        data = data.get("pretrained_config", {})
-    value = data.get("vocab_size")
+        data = data.get("pretrained_config")
+    value = data.get("vocab_size") if isinstance(data, dict) else None
     return value if isinstance(value, int) else None
 
 
