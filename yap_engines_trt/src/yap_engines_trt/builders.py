@@ -25,9 +25,10 @@ from yap_core.contracts import BuildResult, CalibrationConfig, Progress
 from yap_core.quantize import read_json_object, read_quant_method
 
 from yap_engines_trt import calibration as calib
-from yap_engines_trt.engine_limits import DEFAULT_MAX_NUM_TOKENS
+from yap_engines_trt.engine_limits import DEFAULT_MAX_BATCH, DEFAULT_MAX_NUM_TOKENS
 from yap_engines_trt.hub_push import push, upload_plan
 from yap_engines_trt.metadata import (
+    METADATA_FILE,
     BuildKey,
     BuildLimits,
     BuildMetadata,
@@ -43,7 +44,6 @@ from yap_engines_trt.sm import FORMATS, Sm, check_format, formats_for_sm
 _ALGO_TO_FORMAT = {"FP8": "fp8", "W4A16_AWQ": "int4_awq", "W8A8_SQ_PER_CHANNEL": "int8_sq", "NVFP4": "nvfp4"}
 _TRTLLM_CKPT = "trtllm_ckpt"  # intermediate folder of the engine path; not part of the result
 _ENGINE_DIR = "engine"
-_DEFAULT_MAX_BATCH = 64
 _DEFAULT_MAX_SEQ = 4096
 
 
@@ -166,7 +166,7 @@ class ModeloptQuantizer:
             return BuildLimits()  # a checkpoint has no build limits; the server sets them
         s = self.settings
         return BuildLimits(
-            max_batch_size=s.trt_max_batch_size or _DEFAULT_MAX_BATCH,
+            max_batch_size=s.trt_max_batch_size or DEFAULT_MAX_BATCH,
             max_seq_len=s.chat_max_len or _DEFAULT_MAX_SEQ,
             max_num_tokens=s.trt_max_num_tokens or DEFAULT_MAX_NUM_TOKENS,
         )
@@ -277,7 +277,7 @@ def _check_replaceable(out_dir: Path, force: bool) -> None:
         raise BuildError(f"{out_dir} exists and is not a folder")
     if not any(out_dir.iterdir()):
         return
-    if not (out_dir / "build_metadata.json").is_file():
+    if not (out_dir / METADATA_FILE).is_file():
         raise BuildError(f"{out_dir} is not empty and holds no Yap build; choose another --out")
     if not force:
         raise BuildError(f"{out_dir} holds a different or incomplete build; pass --force to replace it")
@@ -345,6 +345,6 @@ def _versions() -> dict[str, str]:
 
 def _result(out_dir: Path, meta: BuildMetadata, *, reused: bool) -> BuildResult:
     return BuildResult(
-        out_dir=str(out_dir), format=meta.key.format, metadata_file=str(out_dir / "build_metadata.json"),
+        out_dir=str(out_dir), format=meta.key.format, metadata_file=str(out_dir / METADATA_FILE),
         reused=reused,
     )

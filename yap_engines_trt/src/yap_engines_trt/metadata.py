@@ -93,7 +93,3 @@ def fingerprint(source: Path) -> str:
         if p.name == "config.json":
             h.update(json.dumps(json.loads(p.read_text()), sort_keys=True).encode())
     return h.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
