@@ -26,11 +26,17 @@ class TokenSampler:
             and sampling.frequency_penalty == 0.0
             and not sampling.logit_bias
         )
-        self._counts = torch.zeros(vocab_size, dtype=torch.float32, device=device)
-        self._seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-        if prompt_ids:
-            ids = torch.tensor([i for i in prompt_ids if 0 <= i < vocab_size], dtype=torch.long, device=device)
-            self._seen[ids] = True
+        self._vocab_size = vocab_size
+        # Penalty state exists only for the penalties asked for: observe() runs per token.
+        self._counts: torch.Tensor | None = None  # reply token counts (presence, frequency)
+        if sampling.presence_penalty or sampling.frequency_penalty:
+            self._counts = torch.zeros(vocab_size, dtype=torch.float32, device=device)
+        self._seen: torch.Tensor | None = None  # prompt and reply tokens (repetition)
+        if sampling.repetition_penalty != 1.0:
+            self._seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+            if prompt_ids:
+                ids = torch.tensor([i for i in prompt_ids if 0 <= i < vocab_size], dtype=torch.long, device=device)
+                self._seen[ids] = True
         self._bias: tuple[torch.Tensor, torch.Tensor] | None = None
         if sampling.logit_bias:
             pairs = [(k, v) for k, v in sampling.logit_bias.items() if 0 <= k < vocab_size]
@@ -45,8 +51,11 @@ class TokenSampler:
 
     def observe(self, token_id: int) -> None:
         """Count a produced token (for the penalties)."""
-        if 0 <= token_id < self._counts.shape[0]:
+        if not 0 <= token_id < self._vocab_size:
+            return
+        if self._counts is not None:
             self._counts[token_id] += 1
+        if self._seen is not None:
             self._seen[token_id] = True
 
     def pick(self, logits: torch.Tensor) -> int:
@@ -70,10 +79,10 @@ class TokenSampler:
 
     def _adjust(self, x: torch.Tensor) -> torch.Tensor:
         s = self.s
-        if s.repetition_penalty != 1.0:
+        if self._seen is not None:  # repetition_penalty != 1.0
             seen = x[self._seen]
             x[self._seen] = torch.where(seen > 0, seen / s.repetition_penalty, seen * s.repetition_penalty)
-        if s.presence_penalty or s.frequency_penalty:
+        if self._counts is not None:  # a presence or frequency penalty
             x = x - s.frequency_penalty * self._counts - s.presence_penalty * (self._counts > 0).float()
         if self._bias is not None:
             x = x.index_add(0, self._bias[0], self._bias[1])
