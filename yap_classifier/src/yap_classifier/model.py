@@ -161,15 +161,7 @@ class SequenceClassifier:
 
     def tokenize(self, batch: Sequence[Sequence[str]]) -> Any:
         """CPU tensors for a batch of checked user-turn lists, padded to the longest."""
-        windows = window.build_many(self.tokenizer, batch, self.max_tokens)
-        return self.tokenizer(
-            [w.utterance for w in windows],
-            [w.history for w in windows],
-            truncation=True,
-            max_length=self.max_tokens,
-            padding=True,
-            return_tensors="pt",
-        )
+        return window.encode(self.tokenizer, batch, self.max_tokens)
 
     def encode(self, batch: Sequence[Sequence[str]]) -> Any:
         """Tensors for a batch of checked user-turn lists, on the model's device."""

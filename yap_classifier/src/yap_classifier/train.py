@@ -254,15 +254,7 @@ def _batches(examples: Sequence[Example], recipe: Recipe) -> list[list[Example]]
 def _encode(tokenizer: object, batch: Sequence[Example], max_tokens: int) -> object:
     from yap_classifier import window
 
-    windows = window.build_many(tokenizer, [window.check_turns([*e.history, e.utterance]) for e in batch], max_tokens)
-    return tokenizer(  # type: ignore[operator]
-        [w.utterance for w in windows],
-        [w.history for w in windows],
-        truncation=True,
-        max_length=max_tokens,
-        padding=True,
-        return_tensors="pt",
-    )
+    return window.encode(tokenizer, [window.check_turns([*e.history, e.utterance]) for e in batch], max_tokens)
 
 
 def describe(model_dir: Path) -> dict[str, object]:

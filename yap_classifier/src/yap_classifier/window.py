@@ -17,6 +17,7 @@ the GPU benchmark can import this module without the project's venv.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 # Characters kept per token of budget before tokenizing: a cheap bound on the
@@ -68,7 +69,7 @@ def build(tokenizer: Any, user_turns: Sequence[str], max_tokens: int) -> Window:
     texts = [t[-cap:].strip() for t in reversed(user_turns)]  # newest first
     texts = [texts[0]] + [t for t in texts[1:] if t]
     enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-    sep_cost = len(tokenizer(separator(tokenizer).strip(), add_special_tokens=False)["input_ids"])
+    sep, sep_cost = _separator(tokenizer)
     kept: list[str] = []
     left = budget
     for i, (text, ids, offsets) in enumerate(zip(texts, enc["input_ids"], enc["offset_mapping"], strict=True)):
@@ -82,7 +83,15 @@ def build(tokenizer: Any, user_turns: Sequence[str], max_tokens: int) -> Window:
         room = left - (sep_cost if i > 1 else 0)
         kept.append(_tail(text, offsets, room))
         break
-    return Window(kept[0], separator(tokenizer).join(kept[1:]))
+    return Window(kept[0], sep.join(kept[1:]))
+
+
+@lru_cache(maxsize=8)
+def _separator(tokenizer: Any) -> tuple[str, int]:
+    """The separator and its length in tokens, worked out once per tokenizer:
+    ``build`` runs for every decision."""
+    sep = separator(tokenizer)
+    return sep, len(tokenizer(sep.strip(), add_special_tokens=False)["input_ids"])
 
 
 def _tail(text: str, offsets: Sequence[tuple[int, int]], keep: int) -> str:
@@ -93,3 +102,17 @@ def _tail(text: str, offsets: Sequence[tuple[int, int]], keep: int) -> str:
 
 def build_many(tokenizer: Any, batch: Sequence[Sequence[str]], max_tokens: int) -> list[Window]:
     return [build(tokenizer, turns, max_tokens) for turns in batch]
+
+
+def encode(tokenizer: Any, batch: Sequence[Sequence[str]], max_tokens: int) -> Any:
+    """The model's inputs for a batch of checked user-turn lists: CPU tensors,
+    padded to the longest. Training and serving both encode through here."""
+    windows = build_many(tokenizer, batch, max_tokens)
+    return tokenizer(
+        [w.utterance for w in windows],
+        [w.history for w in windows],
+        truncation=True,
+        max_length=max_tokens,
+        padding=True,
+        return_tensors="pt",
+    )
