@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from yap_core.server_process import free_port, http_get, yap_executable
+from yap_core.server_process import ServerProcess, yap_executable
 
 API_KEY = "test-key-telemetry-clients"
 
@@ -27,49 +24,18 @@ SCRIPTED = {
 }
 
 
-class Served:
-    def __init__(self, port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-        self.port = port
-        self.proc = proc
-        self.log = log
-        self.ws_url = f"ws://127.0.0.1:{port}/ws"
-        self.base_url = f"http://127.0.0.1:{port}"
-
-    def log_text(self) -> str:
-        return self.log.read_text("utf-8", "replace")
-
-
 @contextlib.contextmanager
-def serve(env: Mapping[str, str], *, timeout: float = 120.0) -> Iterator[Served]:
-    port = free_port()
+def serve(env: Mapping[str, str], *, timeout: float = 120.0) -> Iterator[ServerProcess]:
+    """A healthy scripted server (``SCRIPTED`` plus ``env``), stopped and its log removed on exit."""
     log = Path(tempfile.mkstemp(prefix="yap-test-server-", suffix=".log")[1])
-    full_env = {**os.environ, **SCRIPTED, **env}
+    server = ServerProcess({**SCRIPTED, **env}, log_path=log)
     if "OTEL_EXPORTER_OTLP_ENDPOINT" not in env:  # a developer's own collector stays out of tests
-        full_env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
-    with log.open("ab") as out:
-        proc = subprocess.Popen([yap_executable(), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                env=full_env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    served = Served(port, proc, log)
+        server.env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}:\n{served.log_text()[-4000:]}")
-            with contextlib.suppress(OSError):
-                if http_get(served.base_url + "/healthz", timeout=2).status == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not healthy after {timeout} s:\n{served.log_text()[-4000:]}")
-            time.sleep(0.1)
-        yield served
+        server.start_sync(timeout)
+        yield server
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        server.stop_sync()
         log.unlink(missing_ok=True)
 
 
@@ -79,6 +45,3 @@ def yap(args: Sequence[str], *, env: Mapping[str, str] | None = None, input: str
     return subprocess.run([yap_executable(), *args], env={**os.environ, **(env or {})}, input=input,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
-
-def python() -> str:
-    return sys.executable

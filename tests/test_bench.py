@@ -12,24 +12,25 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from served import API_KEY, Served, serve, yap
+from served import API_KEY, serve, yap
 from yap_core.latency_stats import percentile, summarize
 from yap_core.scripted import SCREEN_WORDS
+from yap_core.server_process import ServerProcess
 
 ENV = {"SCRIPTED_TOKEN_DELAY_MS": "2", "CHAT_MAX_OUT": "20", "WS_MAX_MESSAGES_PER_WINDOW": "0"}
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[Served]:
+def server() -> Iterator[ServerProcess]:
     with serve(ENV) as s:
         yield s
 
 
-def bench(server: Served, *args: str, key: str = API_KEY):  # noqa: ANN201
+def bench(server: ServerProcess, *args: str, key: str = API_KEY):  # noqa: ANN201
     return yap(["bench", "--no-progress", *args], env={"SERVER_WS_URL": server.ws_url, "TEXT_API_KEY": key})
 
 
-def test_closed_loop_report_json_and_plot(server: Served, tmp_path: Path) -> None:
+def test_closed_loop_report_json_and_plot(server: ServerProcess, tmp_path: Path) -> None:
     out, png = tmp_path / "r.json", tmp_path / "r.png"
     r = bench(server, "-n", "6", "-c", "3", "--turns", "3", "--json-out", str(out), "--plot", str(png))
     assert r.returncode == 0, r.stderr
@@ -52,7 +53,7 @@ def test_closed_loop_report_json_and_plot(server: Served, tmp_path: Path) -> Non
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-def test_burst_and_poisson_modes(server: Served, tmp_path: Path) -> None:
+def test_burst_and_poisson_modes(server: ServerProcess, tmp_path: Path) -> None:
     out = tmp_path / "burst.json"
     r = bench(server, "-n", "8", "-c", "4", "--turns", "2", "--mode", "burst", "--json-out", str(out))
     assert r.returncode == 0, r.stderr
@@ -67,7 +68,7 @@ def test_burst_and_poisson_modes(server: Served, tmp_path: Path) -> None:
     assert "mode poisson at 50.0/s" in r.stdout
 
 
-def test_prefill_mode_and_toolcalls(server: Served, tmp_path: Path) -> None:
+def test_prefill_mode_and_toolcalls(server: ServerProcess, tmp_path: Path) -> None:
     utterances = tmp_path / "u.txt"
     lines = ["hello there", f"can you {SCREEN_WORDS[0]} this"]
     utterances.write_text("\n".join(lines) + "\n")
@@ -80,7 +81,7 @@ def test_prefill_mode_and_toolcalls(server: Served, tmp_path: Path) -> None:
     assert "prefill (ready) p50" in r.stdout
 
 
-def test_failures_are_counted_and_fail_the_run(server: Served) -> None:
+def test_failures_are_counted_and_fail_the_run(server: ServerProcess) -> None:
     r = bench(server, "-n", "3", "-c", "3", "--turns", "2", key="wrong-key")
     assert r.returncode == 1
     assert "turns ok 0, failed 6" in r.stdout and "authentication_failed" in r.stdout
@@ -88,7 +89,7 @@ def test_failures_are_counted_and_fail_the_run(server: Served) -> None:
     assert r.returncode == 0
 
 
-def test_bad_options_are_usage_errors(server: Served) -> None:
+def test_bad_options_are_usage_errors(server: ServerProcess) -> None:
     assert bench(server, "--rate", "3").returncode == 2
     assert bench(server, "--mode", "poisson").returncode == 2
 
