@@ -185,7 +185,7 @@ class Bench:
     async def _session(self, i: int, barrier: asyncio.Barrier | None) -> None:
         t = time.perf_counter()
         try:
-            conn = await YapConnection.open(self.target.url, self.target.api_key, open_timeout=self.target.timeout)
+            conn = await self.target.connect()
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:  # a failed session, not a crash
             self.connects.append(None)
             self._fail_all(i, f"connect_failed: {type(exc).__name__}")
