@@ -19,6 +19,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 from yap_core.banned import load_phrases, logit_bias
+from yap_core.latency_stats import percentile
 from yap_core.personas import Personas
 from yap_core.prompts import Message, PromptBuilder
 from yap_core.sanitizer import StreamSanitizer, sanitize
@@ -63,7 +64,7 @@ def bench_render(tok, turns: int) -> None:
                 again.append(time.perf_counter() - t0)
             again.sort()
             print(f"  {turn:4d}  {len(history):12d}  {r.history_used:4d}  {len(r.token_ids):13d}  "
-                  f"{us(first)}  {us(again[10])}  {us(again[18])}")
+                  f"{us(first)}  {us(percentile(again, 50))}  {us(percentile(again, 90))}")
         history += [Message("user", user), Message("assistant", sanitize(REPLY))]
     cold = PromptBuilder(tok, settings, 8192, Personas.load(None))
     t0 = time.perf_counter()
@@ -99,10 +100,9 @@ def bench_sanitizer(tok, reps: int) -> None:
         s.feed(p)
         per_token[i] = time.perf_counter() - t0
     per_token.sort()
-    p99 = per_token[int(len(per_token) * 0.99)]
     print(f"sanitizer: {len(pieces)} tokens of markdown-heavy reply, {reps} reps")
     print(f"  mean per token (best rep) {us(min(samples))}, median rep {us(statistics.median(samples))}")
-    print(f"  single feed p50 {us(per_token[len(per_token) // 2])}, p99 {us(p99)}, max {us(per_token[-1])}")
+    print(f"  single feed p50 {us(percentile(per_token, 50))}, p99 {us(percentile(per_token, 99))}, max {us(per_token[-1])}")
     t0 = time.perf_counter()
     whole = sanitize(REPLY * 4)
     print(f"  whole-text sanitize of {len(REPLY) * 4} chars: {us(time.perf_counter() - t0)} -> {len(whole)} chars")

@@ -47,6 +47,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from yap_core.latency_stats import percentile
+
 CONCURRENCY = (1, 16, 64)
 CLIENT_PROCS = 8
 WARMUP_SEED = 10_000_000
@@ -128,12 +130,8 @@ def sustained_summary(turns: list[tuple[float, float | None, float, int]], w0: f
 
 
 def pct(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    k = (len(xs) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+    """The q-quantile (0..1) of xs, None when there are none."""
+    return percentile(sorted(xs), q * 100) if xs else None
 
 
 def summarize(samples: list[dict[str, float]], walls: list[float], tokens: list[int]) -> dict[str, Any]:
