@@ -488,10 +488,9 @@ async def _cancel(target: Target, after_tokens: int, quiet_s: float) -> None:
         if frame.payload.get("reason") != "client-check":
             raise CheckFailed(f"cancelled reason {frame.payload.get('reason')!r} is not the one sent")
         # A ping orders the stream: its pong comes after anything sent before it.
-        await conn.send("ping", sid, "ping-after-cancel")
-        stray = await _frames_until_pong(conn, target.timeout)
+        stray = await _frames_until_pong(conn, sid, "ping-after-cancel", target.timeout)
         await asyncio.sleep(quiet_s)
-        stray += await _frames_until_pong(conn, target.timeout, send_ping=True, sid=sid)
+        stray += await _frames_until_pong(conn, sid, "ping-quiet", target.timeout)
         stray = [f for f in stray if f.request_id == rid]
         if stray:
             raise CheckFailed(f"{len(stray)} frame(s) of the cancelled turn after cancelled: {[f.type for f in stray]}")
@@ -504,10 +503,9 @@ async def _cancel(target: Target, after_tokens: int, quiet_s: float) -> None:
         click.echo(timing_line(turn))
 
 
-async def _frames_until_pong(conn: YapConnection, wait_s: float, *, send_ping: bool = False,
-                             sid: str | None = None) -> list[Frame]:
-    if send_ping:
-        await conn.send("ping", sid, "ping-quiet")
+async def _frames_until_pong(conn: YapConnection, sid: str, request_id: str, wait_s: float) -> list[Frame]:
+    """Send a ping; the frames that arrive before its pong."""
+    await conn.send("ping", sid, request_id)
     seen = []
     while (frame := await conn.recv(wait_s)).type != "pong":
         seen.append(frame)
