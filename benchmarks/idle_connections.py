@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 
 import psutil
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from yap_core.server_process import ServerProcess, http_get
+from yap_core.wsclient import open_ws
 
 MiB = 1024 * 1024
 KEY = "idle-bench-key"
@@ -43,8 +44,7 @@ def ensure_fd_limit(needed: int) -> int:
 
 
 async def open_one(url: str, index: int) -> ClientConnection:
-    ws = await connect(url, additional_headers={"X-API-Key": KEY}, compression=None, ping_interval=None,
-                       open_timeout=60, max_size=2**20)
+    ws = await open_ws(url, KEY, open_timeout=60, max_size=2**20)
     await ws.send(json.dumps({"type": "start", "session_id": f"idle{index}", "request_id": f"r{index}",
                               "payload": {"chat_prompt": "You are idle."}}))
     frame = json.loads(await asyncio.wait_for(ws.recv(), 60))

@@ -47,9 +47,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 from yap_core.server_process import ServerProcess, http_get_async
+from yap_core.wsclient import open_ws
 
 API_KEY = "test-key-protocol"
 TERMINAL = frozenset({"done", "cancelled", "error"})
@@ -186,15 +187,7 @@ class WsClient:
         max_size: int | None = 2**22,
         compression: str | None = "deflate",
     ) -> _Connecting:
-        url = server.ws_url
-        extra = dict(headers or {})
-        if auth == "header":
-            extra["X-API-Key"] = key
-        elif auth == "bearer":
-            extra["Authorization"] = f"Bearer {key}"
-        elif auth == "query":
-            url += f"?api_key={key}"
-        return _Connecting(url, extra, max_size, compression)
+        return _Connecting(server.ws_url, auth, key, headers, max_size, compression)
 
     async def send(
         self,
@@ -245,19 +238,25 @@ class WsClient:
 
 
 class _Connecting:
-    def __init__(self, url: str, headers: dict[str, str], max_size: int | None, compression: str | None) -> None:
+    def __init__(self, url: str, auth: str, key: str, headers: Mapping[str, str] | None, max_size: int | None,
+                 compression: str | None) -> None:
         self.url = url
-        self.compression = compression
+        self.auth = auth
+        self.key = key
         self.headers = headers
         self.max_size = max_size
+        self.compression = compression
         self._client: WsClient | None = None
 
     async def __aenter__(self) -> WsClient:
-        conn = await connect(
+        # The key goes as yap_core.wsclient sends it; "none" sends no key at all.
+        conn = await open_ws(
             self.url,
-            additional_headers=self.headers,
-            max_size=self.max_size,
+            None if self.auth == "none" else self.key,
+            auth="header" if self.auth == "none" else self.auth,  # type: ignore[arg-type]
+            headers=self.headers,
             open_timeout=20,
+            max_size=self.max_size,
             compression=self.compression,
         )
         client = WsClient(conn)

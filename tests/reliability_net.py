@@ -14,8 +14,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from yap_core.server_process import ServerProcess
+
+from yap_core import wsclient
 
 BASE_ENV = {
     "INFERENCE_ENGINE": "scripted",
@@ -32,13 +34,9 @@ def yap_server(tmp: Path, env: Mapping[str, str], *, args: tuple[str, ...] = (),
         yield server
 
 
-async def open_ws(url: str, key: str | None, *, headers: Mapping[str, str] | None = None,
-                  sock: socket.socket | None = None, **kw: Any) -> ClientConnection:
-    all_headers = dict(headers or {})
-    if key is not None:
-        all_headers.setdefault("X-API-Key", key)
-    return await connect(url, additional_headers=all_headers, compression=None, ping_interval=None,
-                         open_timeout=30, close_timeout=5, max_size=2**22, sock=sock, **kw)
+async def open_ws(url: str, key: str | None, *, headers: Mapping[str, str] | None = None, **kw: Any) -> ClientConnection:
+    """yap_core.wsclient.open_ws, key in X-API-Key (``headers`` win), a patient handshake."""
+    return await wsclient.open_ws(url, key, headers=headers, open_timeout=30, **kw)
 
 
 async def send(ws: ClientConnection, frame: Mapping[str, Any]) -> None:
@@ -71,18 +69,6 @@ async def turn(ws: ClientConnection, session_id: str, utterance: str, **payload:
     await send(ws, {"type": "message", "session_id": session_id, "request_id": rid,
                     "payload": {"user_utterance": utterance, **payload}})
     return [f for f in await read_until_terminal(ws, rid) if f.get("request_id") == rid]
-
-
-def tiny_buffer_socket(host: str, port: int, source: str | None = None) -> socket.socket:
-    """A connected socket with a small receive buffer (a reader that stops reading
-    backs up into the server at once); optionally from another loopback address."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    if source is not None:
-        sock.bind((source, 0))
-    sock.connect((host, port))
-    sock.setblocking(False)
-    return sock
 
 
 def source_socket(host: str, port: int, source: str) -> socket.socket:

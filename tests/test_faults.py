@@ -21,12 +21,13 @@ from reliability_net import (
     send,
     silent_ws,
     start_session,
-    tiny_buffer_socket,
     turn,
     yap_server,
 )
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 from yap_core.server_process import ServerProcess, http_get
+from yap_core.soak import small_buffer_socket
 
 KEY = "faults-key"
 FAIL = "KABOOM"
@@ -106,20 +107,26 @@ async def test_classifier_failure_does_not_block_chat(fault_server: ServerProces
     await ws.close()
 
 
+async def stop_reading(server: ServerProcess, prefix: str, utterance: str) -> ClientConnection:
+    """A socket (tiny receive buffer) that asks for SLOW_SESSIONS replies at once, on
+    sessions PREFIX0.., so none barges another and they outgrow every buffer on the
+    way; it reads nothing until the server logs that it gave up on it."""
+    warned = server.log_text().count("client stopped reading")
+    ws = await open_ws(server.ws_url, KEY, sock=small_buffer_socket(server.host, server.port), max_queue=1)
+    for n in range(SLOW_SESSIONS):
+        await send(ws, {"type": "start", "session_id": f"{prefix}{n}",
+                        "payload": {"chat_prompt": "You are long-winded.", "user_utterance": utterance}})
+    deadline = time.monotonic() + 60
+    while server.log_text().count("client stopped reading") == warned:
+        assert time.monotonic() < deadline, "the server never gave up on a client that does not read"
+        await asyncio.sleep(0.2)
+    return ws
+
+
 async def test_slow_reader_is_dropped_and_memory_stays_bounded(fault_server: ServerProcess) -> None:
     """A phone app that froze: it asked for replies, then neither reads nor sends."""
     before = fault_server.rss()
-    warned = fault_server.log_text().count("client stopped reading")
-    ws = await open_ws(fault_server.ws_url, KEY, sock=tiny_buffer_socket(fault_server.host, fault_server.port),
-                       max_queue=1)
-    # Many sessions at once (no barge-ins), so the replies outgrow every buffer on the way.
-    for n in range(SLOW_SESSIONS):
-        await send(ws, {"type": "start", "session_id": f"slow{n}",
-                        "payload": {"chat_prompt": "You are long-winded.", "user_utterance": "a long story please"}})
-    deadline = time.monotonic() + 60
-    while fault_server.log_text().count("client stopped reading") == warned:
-        assert time.monotonic() < deadline, "the server never gave up on a client that does not read"
-        await asyncio.sleep(0.2)
+    ws = await stop_reading(fault_server, "slow", "a long story please")
     # Without this client reading a byte, the server lets it go: slot freed, turns aborted.
     body = await wait_quiet(fault_server)
     assert body["connections"]["active"] == 0
@@ -138,16 +145,7 @@ async def test_slow_reader_is_dropped_and_memory_stays_bounded(fault_server: Ser
 
 async def test_dropped_slow_reader_that_keeps_sending_is_disconnected(fault_server: ServerProcess) -> None:
     """Dropped for not reading, the client keeps writing: the server must still end the TCP connection."""
-    warned = fault_server.log_text().count("client stopped reading")
-    ws = await open_ws(fault_server.ws_url, KEY, sock=tiny_buffer_socket(fault_server.host, fault_server.port),
-                       max_queue=1)
-    for n in range(SLOW_SESSIONS):
-        await send(ws, {"type": "start", "session_id": f"talker{n}",
-                        "payload": {"chat_prompt": "You are long-winded.", "user_utterance": "go on"}})
-    deadline = time.monotonic() + 60
-    while fault_server.log_text().count("client stopped reading") == warned:
-        assert time.monotonic() < deadline, "the server never gave up on a client that does not read"
-        await asyncio.sleep(0.2)
+    ws = await stop_reading(fault_server, "talker", "go on")
     # A send blocking (TimeoutError) means the server stopped reading without closing: the bug.
     with pytest.raises(ConnectionClosed):
         for _ in range(600):  # up to ~30 s of pings, never reading

@@ -37,11 +37,10 @@ from yap_core.soak_client import (
     SoakSocket,
     SocketClosed,
     Unexpected,
-    new_id,
-    open_socket,
     utterance,
 )
 from yap_core.soak_ledger import SocketLedger, Tally
+from yap_core.wsclient import new_id, open_ws
 
 MiB = 1024 * 1024
 
@@ -179,7 +178,7 @@ async def client_task(index: int, target: Target, options: SoakOptions, tally: T
         generation += 1
         ledger = SocketLedger(tally, f"client{index}.{generation}")
         try:
-            ws = await open_socket(target.ws_url, target.api_key)
+            ws = await open_ws(target.ws_url, target.api_key, open_timeout=30.0)
         except (OSError, TimeoutError, Exception) as exc:  # noqa: BLE001 - any failure to connect is recorded
             tally.violation(f"client{index}: connect failed: {type(exc).__name__}: {exc}")
             await asyncio.sleep(0.5)
@@ -235,7 +234,7 @@ async def slow_reader(index: int, target: Target, options: SoakOptions, report: 
     rng = random.Random(options.seed * 7919 + index)
     host_port = target.ws_url.split("//", 1)[1].split("/", 1)[0]
     host, _, port = host_port.rpartition(":")
-    ws = await open_socket(target.ws_url, target.api_key, sock=small_buffer_socket(host, int(port)))
+    ws = await open_ws(target.ws_url, target.api_key, open_timeout=30.0, sock=small_buffer_socket(host, int(port)))
     report.readers += 1
     try:
         for _ in range(SLOW_READER_SESSIONS):

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import random
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from yap_core.soak_ledger import ServerFrame, SocketLedger, Tally
+from yap_core.wsclient import new_id
 
 WORDS = (
     "hello how are you today can you help me with my screen what is this button "
@@ -35,10 +35,6 @@ class SocketClosed(Exception):
 
 class Unexpected(Exception):
     """The server did not answer as the protocol says (recorded as a violation)."""
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
 
 
 def utterance(rng: random.Random) -> str:
@@ -302,8 +298,3 @@ ACTIONS: dict[str, tuple[int, Callable[[SoakSocket], Awaitable[None]]]] = {
 }
 # The close code each socket-ending action expects.
 EXPECTED_CLOSE = {"oversized": 1009, "disconnect": None, "end": 1000}
-
-
-async def open_socket(url: str, api_key: str, *, open_timeout: float = 30.0, sock: Any = None) -> ClientConnection:
-    return await connect(url, additional_headers={"X-API-Key": api_key}, open_timeout=open_timeout,
-                         ping_interval=None, compression=None, max_size=2**22, close_timeout=5, sock=sock)

@@ -92,6 +92,31 @@ def _auth(url: str, api_key: str | None, mode: AuthMode) -> tuple[str, dict[str,
     return f"{url}{'&' if '?' in url else '?'}api_key={quote(api_key)}", {}
 
 
+# What every Yap client socket uses: no proxy from the environment, no compression
+# (frames are tiny; deflate would cost both ends CPU), no keepalive pings that
+# reset the server's idle timer. max_queue stays websockets' bounded default, so
+# a socket that stops reading pushes back on the server (slow-reader checks rely on it).
+CONNECT_OPTIONS: dict[str, Any] = {"proxy": None, "compression": None, "ping_interval": None,
+                                   "close_timeout": 5, "max_size": 2**22}
+
+
+async def open_ws(
+    url: str,
+    api_key: str | None,
+    *,
+    auth: AuthMode = "header",
+    headers: Mapping[str, str] | None = None,
+    open_timeout: float = 10.0,
+    **options: Any,
+) -> ClientConnection:
+    """A raw client socket with the key sent as ``auth`` says; ``headers`` are added
+    (and win); ``options`` override websockets' ``connect()`` arguments (``sock``,
+    ``max_queue``, ``compression`` ...) on top of ``CONNECT_OPTIONS``."""
+    target, extra = _auth(url, api_key, auth)
+    extra.update(headers or {})
+    return await connect(target, additional_headers=extra, open_timeout=open_timeout, **{**CONNECT_OPTIONS, **options})
+
+
 class YapConnection:
     """One WebSocket to a Yap server. Use ``async with await YapConnection.open(...)``."""
 
@@ -109,22 +134,8 @@ class YapConnection:
         open_timeout: float = 10.0,
         headers: Mapping[str, str] | None = None,
     ) -> YapConnection:
-        target, extra = _auth(url, api_key, auth)
-        extra.update(headers or {})
-        # No proxy from the environment, no compression (frames are tiny; deflate
-        # would cost both ends CPU), no keepalive pings that reset the idle timer.
-        ws = await connect(
-            target,
-            additional_headers=extra,
-            proxy=None,
-            compression=None,
-            open_timeout=open_timeout,
-            ping_interval=None,
-            close_timeout=5,
-            max_size=2**22,
-            max_queue=None,
-        )
-        return cls(ws)
+        # No receive-queue limit: the client reads everything, it never pushes back on the server.
+        return cls(await open_ws(url, api_key, auth=auth, headers=headers, open_timeout=open_timeout, max_queue=None))
 
     async def __aenter__(self) -> YapConnection:
         return self
