@@ -92,6 +92,8 @@ def engine_env(args: argparse.Namespace) -> dict[str, str]:
         "OTEL_SDK_DISABLED": "true",
         # one log line per turn splitting its TTFT (server before the engine / engine / after)
         "TURN_TIMING_LOG": "1",
+        # ws phase: server processes sharing the one engine core (raw: ignored)
+        "SERVER_WORKERS": str(args.workers),
     }
 
 
@@ -421,6 +423,14 @@ async def ws_phase(args: argparse.Namespace) -> dict[str, Any]:
     print(f"[ws] server up in {result['server_start_s']} s", flush=True)
     sampling = dict(SAMPLING)
     server_proc = psutil.Process(server.pid)
+    # The processes that serve sockets: the server itself, or with SERVER_WORKERS
+    # its workers (the supervisor idles); never vLLM's engine core.
+    front = [server_proc] + [p for p in server_proc.children() if "--worker-spec" in " ".join(p.cmdline())]
+    result["server_processes"] = len(front) - (1 if len(front) > 1 else 0)
+
+    def front_cpu() -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in front)
+
     loop = asyncio.get_running_loop()
     pool = ProcessPoolExecutor(max_workers=CLIENT_PROCS, mp_context=multiprocessing.get_context("spawn"))
 
@@ -441,7 +451,7 @@ async def ws_phase(args: argparse.Namespace) -> dict[str, Any]:
         cpu0 = None
         futures = [loop.run_in_executor(pool, ws_worker, server.ws_url, share, warm, start_at) for share in shares]
         await asyncio.sleep(max(0.0, start_at - time.time()))
-        cpu0 = sum(server_proc.cpu_times()[:2])
+        cpu0 = front_cpu()
         parts = await asyncio.gather(*futures)
         samples = [x for part in parts for x in part]
         wall = max(x["end_abs"] for x in samples) - start_at
@@ -451,7 +461,7 @@ async def ws_phase(args: argparse.Namespace) -> dict[str, Any]:
             rec = logged.get(x["request_id"], {})
             for key in ("submit_ms", "engine_first_ms", "after_engine_ms"):
                 x[key] = rec.get(key)
-        cpu = (sum(server_proc.cpu_times()[:2]) - cpu0) / wall
+        cpu = (front_cpu() - cpu0) / wall
         return samples, wall, cpu
 
     # warm-up as in the raw phase (also starts the client processes)
@@ -476,13 +486,13 @@ async def ws_phase(args: argparse.Namespace) -> dict[str, Any]:
         procs = min(CLIENT_PROCS, c)
         w0 = time.time() + SUSTAIN_WARM_S
         w1 = w0 + SUSTAIN_S
-        cpu0 = sum(server_proc.cpu_times()[:2])
+        cpu0 = front_cpu()
         parts = await asyncio.gather(*[loop.run_in_executor(pool, ws_sustain_worker, server.ws_url, systems[i::procs], w1)
                                        for i in range(procs)])  # fmt: skip
         turns = [t for part in parts for t in part]
         key = f"ws/sustained/c{c}"
         result[key] = sustained_summary(turns, w0, w1) | {
-            "server_main_cpu_cores": _r((sum(server_proc.cpu_times()[:2]) - cpu0) / (time.time() - w0 + SUSTAIN_WARM_S))}
+            "server_main_cpu_cores": _r((front_cpu() - cpu0) / (time.time() - w0 + SUSTAIN_WARM_S))}
         print(f"[ws] {key}: {result[key]}", flush=True)
     pool.shutdown()
 
@@ -510,15 +520,15 @@ async def ws_phase(args: argparse.Namespace) -> dict[str, Any]:
                 if frame.type == "cancelled":
                     to_cancelled.append((time.perf_counter() - t_cancel) * 1e3)
                     break
-            while True:
+            while args.workers == 1:  # with workers, /status answers for whichever worker takes the GET
                 body = (await http_get_async(server.base_url + "/status", headers)).body
                 if body["engine"]["stats"]["running"] == 0:
                     to_idle.append((time.perf_counter() - t_cancel) * 1e3)
                     break
                 await asyncio.sleep(0.0005)
     result["abort"] = {"to_cancelled_frame_ms_p50": _r(pct(to_cancelled, 0.5)), "to_cancelled_frame_ms_max": _r(max(to_cancelled)),
-                       "to_engine_idle_via_status_ms_p50": _r(pct(to_idle, 0.5)),
-                       "to_engine_idle_via_status_ms_max": _r(max(to_idle)),
+                       "to_engine_idle_via_status_ms_p50": _r(pct(to_idle, 0.5)) if to_idle else None,
+                       "to_engine_idle_via_status_ms_max": _r(max(to_idle)) if to_idle else None,
                        "status_round_trip_ms_p50": _r(pct(status_ms, 0.5))}  # fmt: skip
     print(f"[ws] abort: {result['abort']}", flush=True)
     await server.stop()
@@ -531,7 +541,7 @@ async def ws_phase(args: argparse.Namespace) -> dict[str, Any]:
 def report(raw: dict[str, Any], ws: dict[str, Any]) -> str:
     lines = [
         f"vLLM {raw.get('vllm')}; quantization: {raw.get('quantization')}; engine start {raw.get('engine_start_s')} s, "
-        f"server start {ws.get('server_start_s')} s",
+        f"server start {ws.get('server_start_s')} s; WebSocket path on {ws.get('server_processes', 1)} server process(es) (SERVER_WORKERS)",
         "",
         "| sessions | prefix | raw TTFT p50 / p90 ms | wrapper TTFT p50 ms | WS TTFT p50 / p90 ms | WS − raw p50 ms "
         "| raw tok/s | wrapper tok/s | WS tok/s | WS vs raw |",
@@ -612,6 +622,7 @@ def main() -> None:
     ap.add_argument("--quantization", default="none", help="CHAT_QUANTIZATION for both phases (none: bf16)")
     ap.add_argument("--gpu-frac", type=float, default=0.85)
     ap.add_argument("--stream-interval", type=int, default=1, help="STREAM_INTERVAL for both phases")
+    ap.add_argument("--workers", type=int, default=1, help="ws phase: SERVER_WORKERS (server processes on one engine core)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true", help="tiny run (c=1 and 4, one round): checks the script, measures nothing")
     args = ap.parse_args()

@@ -64,15 +64,17 @@ protocol)
   CLS=$(ls -d "$WH"/classifier/* "$XTRA"/classifier/* 2>/dev/null | head -1)
   [ -n "$CLS" ] || { echo "the trained classifier was not carried (gpu/pack.sh makes .wh/p1)"; exit 4; }
   log "protocol end-to-end tests on yap serve + vLLM (classifier $CLS)"
-  YAP_TEST_REAL_ENGINE_ENV="{\"INFERENCE_ENGINE\":\"vllm\",\"CHAT_MODEL\":\"$MODEL\",\"CHAT_LOAD_FORMAT\":\"dummy\",\"ATTENTION_BACKEND\":\"FLASH_ATTN\",\"CHAT_MAX_LEN\":\"4096\",\"TOOL_MODEL\":\"$CLS\"}" \
+  # WORKERS=N in the environment: the server runs SERVER_WORKERS=N processes on one engine core.
+  YAP_TEST_REAL_ENGINE_ENV="{\"INFERENCE_ENGINE\":\"vllm\",\"CHAT_MODEL\":\"$MODEL\",\"CHAT_LOAD_FORMAT\":\"dummy\",\"ATTENTION_BACKEND\":\"FLASH_ATTN\",\"CHAT_MAX_LEN\":\"4096\",\"TOOL_MODEL\":\"$CLS\",\"SERVER_WORKERS\":\"${WORKERS:-1}\"}" \
     python3 -m pytest -q tests/test_protocol_hf.py --junitxml="$OUT/protocol.xml" > "$OUT/protocol.log" 2>&1
   rc=$?; tail -n 30 "$OUT/protocol.log" | cut -c1-300; exit $rc;;
 bench|bench_raw|bench_ws|bench_report)
   # Raw AsyncLLM vs the WebSocket path (benchmarks/vllm_bench.py), random weights.
   # `bench [1b|8b]` runs all three parts; each part alone fits one device call
   # (8B: raw, then ws, then report). Results also stay in /tmp/res/<model>-si<N>.
-  # SI=N in the environment: STREAM_INTERVAL for both phases (default 1).
-  size="${1:-1b}"; SI="${SI:-1}"; RES=/tmp/res/$size-si$SI; mkdir -p "$RES"
+  # SI=N in the environment: STREAM_INTERVAL for both phases (default 1);
+  # WORKERS=N: the WebSocket path on SERVER_WORKERS=N processes (default 1).
+  size="${1:-1b}"; SI="${SI:-1}"; W="${WORKERS:-1}"; RES=/tmp/res/$size-si$SI; mkdir -p "$RES"
   M="$WH/models/llama-$size"; rc=0
   if [ "$step" = bench ] || [ "$step" = bench_raw ]; then
     log "benchmark ($size): raw AsyncLLM"
@@ -81,11 +83,11 @@ bench|bench_raw|bench_ws|bench_report)
   fi
   if [ "$step" = bench ] || [ "$step" = bench_ws ]; then
     log "benchmark ($size): WebSocket path"
-    python3 benchmarks/vllm_bench.py ws --model "$M" --load-format dummy --stream-interval "$SI" --out "$RES/bench_ws.json" > "$RES/bench_ws.log" 2>&1 || rc=1
-    grep -a "^\[ws\]\|Error\|Traceback" "$RES/bench_ws.log" | cut -c1-400 | tail -24
+    python3 benchmarks/vllm_bench.py ws --model "$M" --load-format dummy --stream-interval "$SI" --workers "$W" --out "$RES/bench_ws_w$W.json" > "$RES/bench_ws_w$W.log" 2>&1 || rc=1
+    grep -a "^\[ws\]\|Error\|Traceback" "$RES/bench_ws_w$W.log" | cut -c1-400 | tail -24
   fi
   if [ "$step" = bench ] || [ "$step" = bench_report ]; then
-    python3 benchmarks/vllm_bench.py report "$RES/bench_raw.json" "$RES/bench_ws.json" --out "$RES/bench.md" || rc=1
+    python3 benchmarks/vllm_bench.py report "$RES/bench_raw.json" "$RES/bench_ws_w$W.json" --out "$RES/bench_w$W.md" || rc=1
   fi
   cp "$RES"/*.json "$RES"/*.md "$OUT"/ 2>/dev/null
   (cd "$RES" && tar czf "$OUT/bench_logs_$size-si$SI.tgz" *.log 2>/dev/null)

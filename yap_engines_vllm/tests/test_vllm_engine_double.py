@@ -262,3 +262,31 @@ async def test_stats_stay_exact_when_vllms_own_counts_go_stale(engine):
     assert engine.scheduler_snapshot().running == 1, "the double reproduces vLLM's stale idle counts"
     assert (await engine.stats()).running == 0
     await stream.aclose()
+
+
+async def test_a_worker_attaches_as_one_client_of_the_shared_engine_core(vllm_double, double_model_dir):
+    """SERVER_WORKERS: what a worker hands vLLM (the double records it; the
+    engine core shared across processes ran on the GPU only)."""
+    eng = make_vllm_engine(engine_config(double_model_dir, MAX_NUM_SEQS="8"))
+    attachment = {"input_address": "ipc:///tmp/yap-in-1", "output_address": "ipc:///tmp/yap-out-1",
+                  "client_index": 1, "client_count": 2}  # fmt: skip
+    eng.attach(attachment)
+    await eng.start()
+    try:
+        llm = eng.async_llm
+        assert llm.client_addresses == {"input_address": "ipc:///tmp/yap-in-1", "output_address": "ipc:///tmp/yap-out-1"}
+        assert (llm.client_count, llm.client_index) == (2, 1)
+        parallel = llm.vllm_config.parallel_config
+        assert (parallel._api_process_count, parallel._api_process_rank) == (2, 1)
+        deltas = await collect(eng, request(eng, max_tokens=5, temperature=0.0, ignore_eos=True))
+        assert deltas[-1].finish_reason == "length"
+    finally:
+        await eng.close()
+
+
+def test_attach_refuses_a_malformed_attachment(vllm_double, double_model_dir):
+    import msgspec
+
+    eng = make_vllm_engine(engine_config(double_model_dir))
+    with pytest.raises(msgspec.ValidationError):
+        eng.attach({"client_index": 0, "client_count": 2})  # no addresses

@@ -92,3 +92,7 @@ def main() -> None:
     except (PluginError, SettingsError) as exc:
         click.echo(f"yap: {exc}", err=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":  # how the SERVER_WORKERS supervisor starts its workers
+    main()

@@ -122,6 +122,31 @@ class Engine(Protocol):
     async def stats(self) -> EngineStats: ...
 
 
+class EngineShare(Protocol):
+    """One engine serving several server worker processes (SERVER_WORKERS > 1),
+    as the supervisor process holds it.
+
+    An engine that can be shared has two more methods than ``Engine``:
+    ``share(workers) -> EngineShare``, called once in the supervisor before any
+    worker starts (it launches the shared part, e.g. vLLM's engine core, and
+    must not initialise a GPU in the supervisor), and ``attach(attachment)``,
+    called on each worker's own engine object before its ``start()``. An
+    engine without them cannot run with SERVER_WORKERS > 1 (a start-up error).
+    """
+
+    # One JSON-serialisable value per worker, in worker order: what that
+    # worker's engine needs to reach the shared part (addresses, its index).
+    attachments: list[Any]
+
+    def wait_ready(self) -> None:
+        """Block until the shared part serves (model loaded); raise if it failed."""
+        ...
+
+    def close(self) -> None:
+        """Stop the shared part; called once, after every worker has exited."""
+        ...
+
+
 class Decision(msgspec.Struct, kw_only=True):
     screenshot: bool
     confidence: float  # probability of the decision taken, 0..1

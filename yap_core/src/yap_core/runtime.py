@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -22,6 +23,9 @@ from yap_core.contracts import Classifier, Engine, Progress, Sampling
 from yap_core.plugins import PluginError, PluginHost, installed_plugins
 from yap_core.settings import Config, CoreSettings
 from yap_core.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from yap_core.workers import WorkerSpec
 
 log = logging.getLogger("yap.runtime")
 
@@ -56,9 +60,17 @@ def _check_shape(obj: object, protocol: type, what: str) -> None:
 
 
 class Runtime:
-    def __init__(self, config: Config, settings: CoreSettings, telemetry: Telemetry | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        settings: CoreSettings,
+        telemetry: Telemetry | None = None,
+        *,
+        worker: WorkerSpec | None = None,
+    ) -> None:
         self.config = config
         self.settings = settings
+        self.worker = worker  # one of SERVER_WORKERS processes, or None: the only one
         self.telemetry = telemetry or Telemetry(config.env, engine=settings.inference_engine, settings=settings)
         self.state: State = "starting"
         self.detail = "loading models"
@@ -95,6 +107,8 @@ class Runtime:
         if s.deploy_mode != "tool":
             engine = self.host.engine_factory(s.inference_engine)(self.config)
             _check_shape(engine, Engine, f"engine {s.inference_engine!r}")
+            if self.worker is not None:
+                engine.attach(self.worker.attachment)  # to the part the supervisor shares
             self.engine = engine
         if s.deploy_mode != "chat":
             classifier = self.host.classifier_factory(s.tool_classifier)(self.config)
@@ -183,7 +197,8 @@ class Runtime:
     # --- connections and turns ---------------------------------------------
     @property
     def max_connections(self) -> int:
-        return self.settings.max_concurrent_connections
+        total = self.settings.max_concurrent_connections
+        return total if self.worker is None else self.worker.max_connections(total)
 
     def capacity(self) -> Capacity:
         available = max(0, self.max_connections - self.connections)
@@ -247,6 +262,9 @@ class Runtime:
                 "tool": self.classifier.model_id if self.classifier else None,
             },
             "deploy_mode": self.settings.deploy_mode,
+            "worker": None
+            if self.worker is None
+            else {"index": self.worker.index, "count": self.worker.count, "pid": os.getpid()},
             "connections": msgspec.to_builtins(self.capacity()),
             "active_turns": self.active_turns,
             "uptime_s": round(time.monotonic() - self.started_at, 3),

@@ -162,6 +162,19 @@ class EngineDied(RuntimeError):
     pass
 
 
+class ScriptedShare:
+    """``EngineShare`` of the scripted engine: nothing runs in the supervisor."""
+
+    def __init__(self, attachments: list[Any]) -> None:
+        self.attachments = attachments
+
+    def wait_ready(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
 class ScriptedEngine:
     name = "scripted"
     version = core_version
@@ -182,6 +195,7 @@ class ScriptedEngine:
         self._queries = 0
         self._hits = 0
         self._dead = False
+        self.attachment: Any = None  # SERVER_WORKERS: what the supervisor handed this worker
 
     @property
     def tokenizer(self) -> ScriptedTokenizer:
@@ -196,6 +210,15 @@ class ScriptedEngine:
 
     async def close(self) -> None:
         self._running.clear()
+
+    def share(self, workers: int) -> ScriptedShare:
+        """SERVER_WORKERS > 1. A scripted engine has nothing worth sharing (each
+        worker scripts its own replies, prefix cache included); this lets the
+        supervisor and its workers run, and be tested, without a GPU."""
+        return ScriptedShare([{"worker": i} for i in range(workers)])
+
+    def attach(self, attachment: Any) -> None:
+        self.attachment = attachment
 
     async def abort(self, request_id: str) -> None:
         # Freed at once, as a real engine's scheduler drops it: the stream sees

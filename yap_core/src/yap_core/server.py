@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import click
@@ -28,6 +29,7 @@ from yap_core.app import YapApp
 from yap_core.connection import CLOSE_GOING_AWAY
 from yap_core.runtime import Runtime
 from yap_core.settings import Config, SettingsError, load_core
+from yap_core.workers import ServeOptions, WorkerSpec, decode_spec, supervise
 
 log = logging.getLogger("yap.server")
 
@@ -39,8 +41,13 @@ HEALTH_INTERVAL_S = 1.0
 HEALTH_TIMEOUT_S = 10.0
 
 
-def _progress(line: str) -> None:
-    click.echo(f"yap: {line}", err=True)
+def _progress_for(spec: WorkerSpec | None) -> Callable[[str], None]:
+    prefix = "yap: " if spec is None else f"yap[{spec.label()}]: "
+
+    def progress(line: str) -> None:
+        click.echo(prefix + line, err=True)
+
+    return progress
 
 
 def hypercorn_config(
@@ -75,7 +82,14 @@ async def _watch_engine(runtime: Runtime) -> None:
         await asyncio.sleep(HEALTH_INTERVAL_S)
 
 
-async def run_server(app: YapApp, hconfig: HypercornConfig) -> int:
+async def _watch_supervisor(parent_pid: int, term: asyncio.Event) -> None:
+    """A worker whose supervisor is gone (killed) drains and exits."""
+    while os.getppid() == parent_pid:  # noqa: ASYNC110 (no event tells a child its parent died)
+        await asyncio.sleep(HEALTH_INTERVAL_S)
+    term.set()
+
+
+async def run_server(app: YapApp, hconfig: HypercornConfig, progress: Callable[[str], None]) -> int:
     """Serve until SIGTERM/SIGINT (exit 0) or until the engine dies (exit 1)."""
     runtime = app.runtime
     stop_server = asyncio.Event()
@@ -84,8 +98,9 @@ async def run_server(app: YapApp, hconfig: HypercornConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, term.set)
     server = asyncio.create_task(hypercorn_serve(app.asgi, hconfig, shutdown_trigger=stop_server.wait, mode="asgi"))
-    starting = asyncio.create_task(runtime.start(_progress))
+    starting = asyncio.create_task(runtime.start(progress))
     watcher: asyncio.Task[None] | None = None
+    orphan = None if runtime.worker is None else asyncio.create_task(_watch_supervisor(runtime.worker.parent_pid, term))
     term_wait = asyncio.create_task(term.wait())
     died = asyncio.create_task(runtime.stopped.wait())
     code = 0
@@ -94,26 +109,26 @@ async def run_server(app: YapApp, hconfig: HypercornConfig) -> int:
         if starting in done and starting.exception() is not None:
             exc = starting.exception()
             runtime.mark_unhealthy(f"start-up failed: {exc}")
-            _progress(f"start-up failed: {type(exc).__name__}: {exc}")
+            progress(f"start-up failed: {type(exc).__name__}: {exc}")
             return 1
         if server in done:
-            _progress(f"server stopped: {server.exception() or 'unexpectedly'}")
+            progress(f"server stopped: {server.exception() or 'unexpectedly'}")
             return 1
         if starting in done:
             watcher = asyncio.create_task(_watch_engine(runtime))
             done, _ = await asyncio.wait({server, term_wait, died}, return_when=asyncio.FIRST_COMPLETED)
         if server in done:
-            _progress(f"server stopped: {server.exception() or 'unexpectedly'}")
+            progress(f"server stopped: {server.exception() or 'unexpectedly'}")
             return 1
         if died in done:
-            _progress(f"unhealthy: {runtime.detail}; exiting")
+            progress(f"unhealthy: {runtime.detail}; exiting")
             code = 1
             await app.close_all(1011, "server unhealthy")
             return code
         # Drain: refuse new sockets and turns, let running turns finish.
         runtime.state = "draining"
         runtime.detail = "shutting down"
-        _progress(f"draining: up to {runtime.settings.drain_timeout_s:g}s for {runtime.active_turns} running turn(s)")
+        progress(f"draining: up to {runtime.settings.drain_timeout_s:g}s for {runtime.active_turns} running turn(s)")
         term.clear()
         term_wait = asyncio.create_task(term.wait())  # a second signal stops at once
         idle = asyncio.create_task(runtime.wait_turns_idle(runtime.settings.drain_timeout_s))
@@ -122,7 +137,7 @@ async def run_server(app: YapApp, hconfig: HypercornConfig) -> int:
         await app.close_all(CLOSE_GOING_AWAY, "server shutting down")
         return code
     finally:
-        for task in (starting, term_wait, died, watcher):
+        for task in (starting, term_wait, died, watcher, orphan):
             if task is not None:
                 task.cancel()
         stop_server.set()
@@ -130,7 +145,7 @@ async def run_server(app: YapApp, hconfig: HypercornConfig) -> int:
             await server
         with contextlib.suppress(Exception):
             await runtime.close()
-        _progress("stopped")
+        progress("stopped")
 
 
 @click.command("serve")
@@ -139,23 +154,34 @@ async def run_server(app: YapApp, hconfig: HypercornConfig) -> int:
 @click.option("--certfile", type=click.Path(exists=True, dir_okay=False), help="TLS certificate (PEM): serve wss://.")
 @click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), help="TLS private key (PEM).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="Hypercorn access log (keys redacted).")
-def serve_command(host: str, port: int, certfile: str | None, keyfile: str | None, access_log: bool) -> None:
+@click.option("--worker-spec", hidden=True, help="Set by the SERVER_WORKERS supervisor for its workers (JSON).")
+def serve_command(
+    host: str, port: int, certfile: str | None, keyfile: str | None, access_log: bool, worker_spec: str | None
+) -> None:
     """Run the Yap server (WebSocket /ws, /healthz, /status)."""
     if (certfile is None) != (keyfile is None):
         raise click.UsageError("--certfile and --keyfile go together")
     config = Config.discover()
     settings = load_core(config)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spec = decode_spec(worker_spec) if worker_spec else None
+    progress = _progress_for(spec)
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if spec is None else f"%(asctime)s %(levelname)s [w{spec.index + 1}] %(name)s: %(message)s"
+    logging.basicConfig(level=settings.log_level.upper(), format=fmt)
     if settings.turn_timing_log:
         logging.getLogger("yap.timing").setLevel(logging.INFO)  # whatever LOG_LEVEL is
-    runtime = Runtime(config, settings)  # plugins imported and built; nothing loaded yet
+    if spec is None and settings.server_workers > 1:
+        options = ServeOptions(host=host, port=port, certfile=certfile, keyfile=keyfile, access_log=access_log)
+        sys.exit(supervise(config, settings, options, progress))
+    runtime = Runtime(config, settings, worker=spec)  # plugins imported and built; nothing loaded yet
     app = YapApp(runtime)  # auth settings (TRUSTED_PROXIES ...) checked here
     hconfig = hypercorn_config(host, port, certfile, keyfile, access_log, settings.ws_max_message_bytes)
-    _progress(
+    if spec is not None:
+        hconfig.bind = [f"fd://{spec.fd}"]  # the supervisor's listening socket
+    progress(
         f"deploy mode {settings.deploy_mode}: "
         + ", ".join(f"{kind} {name}" for kind, name in _selected(runtime))
     )
-    sys.exit(_run_loop(settings.event_loop, run_server(app, hconfig)))
+    sys.exit(_run_loop(settings.event_loop, run_server(app, hconfig, progress)))
 
 
 def _run_loop(kind: str, main: Coroutine[Any, Any, int]) -> int:

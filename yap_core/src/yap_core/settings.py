@@ -249,6 +249,11 @@ class CoreSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         EventLoop, doc("asyncio event loop: uvloop (faster per frame and per turn; Linux and macOS) or asyncio.")
     ] = "uvloop"
 
+    server_workers: Annotated[
+        int,
+        doc("Server processes sharing the port and one engine (each runs its own event loop; MAX_CONCURRENT_CONNECTIONS is split between them). More than 1 needs an engine that can be shared (vllm, scripted).", ge=1, le=64),
+    ] = 1
+
     otel_exporter_otlp_endpoint: Annotated[
         str | None,
         doc("OTLP/HTTP collector base URL (http://host:4318); metrics and traces go to /v1/metrics, /v1/traces. Empty: no telemetry at all."),

@@ -15,6 +15,7 @@ never imports it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import logging
 import time
@@ -23,6 +24,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from yap_core.contracts import (
     ChatTokenizer,
     Delta,
@@ -85,6 +87,8 @@ class VllmEngine:
         self._FINAL_ONLY: Any = None
         self.quant_plan: quant.QuantPlan | None = None
         self.engine_kwargs_used: dict[str, Any] = {}
+        # SERVER_WORKERS > 1: this worker's way to the shared engine core (see share())
+        self._attachment: Attachment | None = None
 
     # --- control -------------------------------------------------------------
     @property
@@ -130,6 +134,55 @@ class VllmEngine:
         # None means "vLLM's default": leave those out rather than pass None explicitly
         return {k: v for k, v in kwargs.items() if v is not None}
 
+    # --- SERVER_WORKERS > 1 ---------------------------------------------------
+    def share(self, workers: int) -> VllmShare:
+        """In the supervisor: start the one engine core every worker's AsyncLLM
+        client attaches to, as ``vllm serve --api-server-count N`` does
+        (vllm/entrypoints/cli/serve.py, 0.25.1): the engine core gets one
+        input and one output socket per client and routes each request's
+        outputs back to the client that sent it. Returns at once; the model
+        loads in the engine core while the workers start (``wait_ready``).
+        Nothing here initialises CUDA: the engine core is its own process."""
+        from vllm.v1.engine.utils import get_engine_zmq_addresses, launch_core_engines
+        from vllm.v1.executor import Executor
+
+        config = self._vllm_config(workers, rank=-1)
+        if config.parallel_config.data_parallel_size > 1:
+            raise SettingsError("SERVER_WORKERS > 1 with vLLM data parallelism is not supported")
+        addresses = get_engine_zmq_addresses(config, workers)  # IPC paths on one host
+        launch = launch_core_engines(config, Executor.get_class(config), True, addresses, workers)
+        manager, _coordinator, addresses, _tensor_queue = launch.__enter__()
+        attachments = [
+            Attachment(
+                input_address=addresses.inputs[i],
+                output_address=addresses.outputs[i],
+                client_index=i,
+                client_count=workers,
+            )
+            for i in range(workers)
+        ]
+        return VllmShare(launch, manager, [msgspec.to_builtins(a) for a in attachments])
+
+    def attach(self, attachment: Any) -> None:
+        """In a worker, before start(): use the supervisor's engine core."""
+        self._attachment = msgspec.convert(attachment, Attachment)
+
+    def _vllm_config(self, workers: int, rank: int) -> Any:
+        """vLLM's config for one of ``workers`` API clients (rank -1: the
+        supervisor, which launches the engine core)."""
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
+        from vllm.usage.usage_lib import UsageContext
+
+        cap = current_platform.get_device_capability()  # NVML: no CUDA context here
+        kwargs = self.engine_kwargs((cap.major, cap.minor) if cap is not None else None)
+        self.engine_kwargs_used = kwargs
+        args = AsyncEngineArgs(**kwargs)
+        # How vLLM's own API server processes tell their config they are one of several.
+        args._api_process_count = workers
+        args._api_process_rank = rank
+        return args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+
     async def start(self, progress: Progress | None = None) -> None:
         say = progress or (lambda line: log.info("%s", line))
         if self._llm is not None:
@@ -155,9 +208,21 @@ class VllmEngine:
         # Built on a worker thread so the event loop keeps answering /healthz
         # (503 starting) during the 20-100 s start. AsyncLLM supports this: with
         # no running loop it defers its output handler to the first request.
-        self._llm = await asyncio.to_thread(
-            AsyncLLM.from_engine_args, AsyncEngineArgs(**kwargs), stat_loggers=[stat_logger_factory(self._snapshot)]
-        )
+        loggers = [stat_logger_factory(self._snapshot)]
+        if self._attachment is None:
+            self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, AsyncEngineArgs(**kwargs), stat_loggers=loggers)
+        else:
+            a = self._attachment
+            say(f"vllm: attaching to the shared engine core as client {a.client_index + 1} of {a.client_count}")
+            config = self._vllm_config(a.client_count, rank=a.client_index)
+            self._llm = await asyncio.to_thread(
+                AsyncLLM.from_vllm_config,
+                config,
+                stat_loggers=loggers,
+                client_addresses={"input_address": a.input_address, "output_address": a.output_address},
+                client_count=a.client_count,
+                client_index=a.client_index,
+            )
         self._tokenizer = self._llm.get_tokenizer()
         self.max_model_len = int(self._llm.model_config.max_model_len)
         if self.max_model_len <= self._core.chat_max_out:
@@ -263,6 +328,40 @@ class VllmEngine:
         if self._llm is None:
             raise RuntimeError("the vLLM engine is not started (or was closed)")
         return self._llm
+
+
+class Attachment(msgspec.Struct, kw_only=True, frozen=True):
+    """One worker's way to the shared engine core (the supervisor's share())."""
+
+    input_address: str  # the worker binds it; the engine core connects (requests)
+    output_address: str  # likewise, outputs for this worker's requests only
+    client_index: int
+    client_count: int
+
+
+class VllmShare:
+    """``yap_core.contracts.EngineShare`` for vLLM: the engine core process and
+    its launch, held by the supervisor."""
+
+    def __init__(self, launch: Any, manager: Any, attachments: list[Any]) -> None:
+        self._launch = launch  # vllm's launch_core_engines context, entered
+        self._manager = manager  # CoreEngineProcManager: the engine core process(es)
+        self._entered = True
+        self.attachments = attachments
+
+    def wait_ready(self) -> None:
+        # Leaving launch_core_engines runs vLLM's start-up handshake: it waits
+        # for the engine core to load the model and raises if it died.
+        self._entered = False
+        self._launch.__exit__(None, None, None)
+
+    def close(self) -> None:
+        if self._entered:  # never waited: leave the launch without its handshake
+            self._entered = False
+            with contextlib.suppress(Exception):
+                self._launch.__exit__(RuntimeError, RuntimeError("closed before ready"), None)
+        if self._manager is not None:
+            self._manager.shutdown()
 
 
 def _installed_vllm_version() -> str:

@@ -41,6 +41,11 @@ class EngineArgs:
     enable_chunked_prefill: bool | None = None
     attention_backend: str | None = None
     stream_interval: int = 1
+    # Set by vLLM's API server processes (and Yap's SERVER_WORKERS): how many
+    # front-end processes share the engine core, and which one this is
+    # (-1: the process that launches the engine core).
+    _api_process_count: int = 1
+    _api_process_rank: int = 0
 
     def create_engine_config(self, usage_context: Any = None) -> SimpleNamespace:
         if self.kv_cache_dtype not in CACHE_DTYPES:
@@ -55,6 +60,11 @@ class EngineArgs:
             raise ValueError(f"GPU memory utilization must be within (0, 1]. Got {self.gpu_memory_utilization}.")
         if self.stream_interval < 1:
             raise ValueError(f"stream_interval must be >= 1, got {self.stream_interval}")
+        if self._api_process_count < 1 or not -1 <= self._api_process_rank < self._api_process_count:
+            raise ValueError(  # ParallelConfig's own check
+                "Invalid value of `_api_process_rank`. "
+                f"Expected to be `-1` or `[0, {self._api_process_count})`, but found: {self._api_process_rank}"
+            )
         if self.tensor_parallel_size != 1:
             raise ValueError("the vLLM double runs on one (imaginary) device: tensor_parallel_size must be 1")
         config_file = Path(self.model) / "config.json"
@@ -82,7 +92,9 @@ class EngineArgs:
             scheduler_config=SimpleNamespace(max_num_seqs=self.max_num_seqs or 256, max_num_batched_tokens=batched,
                                              enable_chunked_prefill=chunked,
                                              stream_interval=self.stream_interval),
-            parallel_config=SimpleNamespace(tensor_parallel_size=self.tensor_parallel_size),
+            parallel_config=SimpleNamespace(tensor_parallel_size=self.tensor_parallel_size, data_parallel_size=1,
+                                            _api_process_count=self._api_process_count,
+                                            _api_process_rank=self._api_process_rank),
             load_config=SimpleNamespace(load_format=self.load_format),
             attention_config=SimpleNamespace(backend=self.attention_backend),
         )  # fmt: skip

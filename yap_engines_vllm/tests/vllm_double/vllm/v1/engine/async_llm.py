@@ -347,9 +347,17 @@ class AsyncLLM:
     """TEST DOUBLE of vLLM's AsyncLLM."""
 
     def __init__(self, vllm_config: Any, stat_loggers: list[StatLoggerFactory] | None = None,
-                 log_stats: bool = True, log_requests: bool = False) -> None:  # fmt: skip
+                 log_stats: bool = True, log_requests: bool = False,
+                 client_addresses: dict[str, Any] | None = None, client_count: int = 1,
+                 client_index: int = 0) -> None:  # fmt: skip
         from transformers import AutoTokenizer
 
+        # The real client, given client_addresses, binds them and waits for an
+        # engine core launched elsewhere (vllm/v1/engine/core_client.py); the
+        # double has no second process: it records them and runs its own core.
+        self.client_addresses = client_addresses
+        self.client_count = client_count
+        self.client_index = client_index
         self.vllm_config = vllm_config
         self.model_config = vllm_config.model_config
         self.log_requests = log_requests
@@ -367,6 +375,16 @@ class AsyncLLM:
         vllm_config = engine_args.create_engine_config(usage_context)
         return cls(vllm_config, stat_loggers=stat_loggers, log_stats=not engine_args.disable_log_stats,
                    log_requests=engine_args.enable_log_requests)  # fmt: skip
+
+    @classmethod
+    def from_vllm_config(cls, vllm_config: Any, start_engine_loop: bool = True, usage_context: Any = None,
+                         stat_loggers: list[StatLoggerFactory] | None = None, enable_log_requests: bool = False,
+                         aggregate_engine_logging: bool = False, disable_log_stats: bool = False,
+                         client_addresses: dict[str, Any] | None = None, client_count: int = 1,
+                         client_index: int = 0) -> AsyncLLM:  # fmt: skip
+        return cls(vllm_config, stat_loggers=stat_loggers, log_stats=not disable_log_stats,
+                   log_requests=enable_log_requests, client_addresses=client_addresses,
+                   client_count=client_count, client_index=client_index)  # fmt: skip
 
     @property
     def tokenizer(self) -> Any:

@@ -1,0 +1,133 @@
+"""SERVER_WORKERS > 1: a supervisor and its worker processes on one port.
+
+Real `yap serve` subprocesses on the scripted engine (the one engine that can
+be shared without a GPU; vLLM's share() ran on the GPU, docs/gpu-results.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from served import SCRIPTED, serve, yap
+from yap_core.server_process import ServerProcess, http_get
+from yap_core.wsclient import YapConnection, new_id
+
+KEY = SCRIPTED["TEXT_API_KEY"]
+WORKERS = {"SERVER_WORKERS": "2", "MAX_CONCURRENT_CONNECTIONS": "39"}
+
+
+def workers_of(server: ServerProcess) -> list[psutil.Process]:
+    return [p for p in psutil.Process(server.pid).children() if "--worker-spec" in " ".join(p.cmdline())]
+
+
+def alive(procs: list[psutil.Process]) -> bool:
+    def running(p: psutil.Process) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    return any(running(p) for p in procs)
+
+
+def status(server: ServerProcess) -> dict:
+    answer = http_get(server.base_url + "/status", {"Authorization": f"Bearer {KEY}"})
+    assert answer.status == 200, answer
+    return answer.body
+
+
+@pytest.fixture(scope="module")
+def two_workers() -> Iterator[ServerProcess]:
+    with serve(WORKERS) as server:
+        yield server
+
+
+def test_every_worker_serves_on_the_one_port(two_workers: ServerProcess) -> None:
+    procs = workers_of(two_workers)
+    assert len(procs) == 2
+    seen = {}
+    for _ in range(40):  # each GET is a new connection: the kernel spreads them by address hash
+        body = status(two_workers)
+        seen[body["worker"]["index"]] = body
+    assert set(seen) == {0, 1}
+    assert {b["worker"]["pid"] for b in seen.values()} == {p.pid for p in procs}
+    for body in seen.values():
+        assert body["worker"]["count"] == 2
+        assert body["connections"]["max"] == 20  # ceil(39 / 2): the limit is split, not multiplied
+
+
+async def test_turns_run_on_both_workers_at_once(two_workers: ServerProcess) -> None:
+    conns = [await YapConnection.open(two_workers.ws_url, KEY) for _ in range(8)]
+    try:
+        turns = await asyncio.gather(
+            *(c.turn("start", new_id(), {"user_utterance": f"hello {i}"}, wait_s=30) for i, c in enumerate(conns))
+        )
+    finally:
+        for c in conns:
+            await c.close()
+    assert [t.end for t in turns] == ["done"] * 8
+    assert all(t.text for t in turns)
+    # Both processes did the work: each has spent CPU on turns beyond its start-up.
+    assert all(p.cpu_times().user > 0 for p in workers_of(two_workers))
+
+
+async def test_sigterm_drains_every_worker_then_exits_zero(tmp_path: Path) -> None:
+    env = {**SCRIPTED, **WORKERS, "SCRIPTED_TOKEN_DELAY_MS": "40", "DRAIN_TIMEOUT_S": "20"}
+    server = ServerProcess(env, log_path=tmp_path / "server.log")
+    await server.start(120)
+    procs = workers_of(server)
+    conns = [await YapConnection.open(server.ws_url, KEY) for _ in range(6)]
+    try:
+        sids = [new_id() for _ in conns]
+        rids = [new_id() for _ in conns]
+        for c, sid, rid in zip(conns, sids, rids, strict=True):
+            await c.send("start", sid, rid, {"user_utterance": "tell me something long"})
+        await asyncio.sleep(0.3)  # every turn is streaming now
+        os.kill(server.pid, signal.SIGTERM)
+        turns = await asyncio.gather(*(c.collect(rid, c.clock(), wait_s=30) for c, rid in zip(conns, rids, strict=True)))
+    finally:
+        for c in conns:
+            await c.close()
+    assert [t.end for t in turns] == ["done"] * 6, [t.end for t in turns]  # running turns finished
+    assert await server.wait_exit(30) == 0, server.log_tail()
+    assert not alive(procs)
+    assert "supervisor: draining the workers" in server.log_text()
+    await server.stop()
+
+
+async def test_a_worker_dying_stops_the_deployment(tmp_path: Path) -> None:
+    server = ServerProcess({**SCRIPTED, **WORKERS}, log_path=tmp_path / "server.log")
+    await server.start(120)
+    victim, other = workers_of(server)
+    victim.kill()
+    assert await server.wait_exit(60) == 1, server.log_tail()
+    assert "exited with -9; stopping the others" in server.log_text()
+    other.wait(30)  # drained and gone with the supervisor
+    await server.stop()
+
+
+async def test_workers_exit_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    server = ServerProcess({**SCRIPTED, **WORKERS}, log_path=tmp_path / "server.log")
+    await server.start(120)
+    procs = workers_of(server)
+    os.kill(server.pid, signal.SIGKILL)
+    await server.wait_exit(10)
+    deadline = time.monotonic() + 30
+    while alive(procs) and time.monotonic() < deadline:  # noqa: ASYNC110 - polling other processes
+        await asyncio.sleep(0.2)
+    assert not alive(procs)
+    await server.stop()
+
+
+def test_an_engine_that_cannot_be_shared_is_refused_at_start() -> None:
+    result = yap(["serve", "--port", "0"], env={**SCRIPTED, "INFERENCE_ENGINE": "hf", "DEPLOY_MODE": "chat",
+                                                "SERVER_WORKERS": "2"}, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "SERVER_WORKERS=2" in result.stderr and "cannot be shared" in result.stderr
