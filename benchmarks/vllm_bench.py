@@ -108,6 +108,11 @@ def session_texts(seed: int, n: int) -> list[tuple[str, str]]:
     return out
 
 
+# The `both` phase runs raw and ws on one engine core: ws's sustained sessions
+# get prompts of their own there (a repeated prompt would be a prefix-cache hit).
+SHARED_SALT = 7_000
+
+
 def sustained_turn_texts(seed: int, turn: int) -> str:
     rng = random.Random(seed * 100_003 + turn)
     return "Tell me about " + " ".join(rng.choice(WORDS) for _ in range(30)) + "?"
@@ -172,23 +177,36 @@ def _r(x: float | None) -> float | None:
 # --------------------------------------------------------------------------- raw
 
 
+def vllm_engine(args: argparse.Namespace) -> Any:
+    """The vLLM plugin's engine object, built from the bench's settings (not started)."""
+    from yap_core.plugins import PluginHost
+    from yap_core.settings import Config
+
+    host = PluginHost()
+    host.load("vllm")
+    return host.engine_factory("vllm")(Config(env={**os.environ, **engine_env(args)}, toml={}))
+
+
 async def raw_phase(args: argparse.Namespace) -> dict[str, Any]:
+    engine = vllm_engine(args)
+    t0 = time.perf_counter()
+    await engine.start(lambda line: print(f"[raw] {line}", flush=True))
+    result = await raw_measure(engine, args, time.perf_counter() - t0)
+    await engine.close()
+    return result
+
+
+async def raw_measure(engine: Any, args: argparse.Namespace, start_s: float) -> dict[str, Any]:
+    """Raw AsyncLLM (and the plugin's stream()) on a started engine."""
     from vllm.inputs import tokens_input
     from vllm.sampling_params import RequestOutputKind, SamplingParams
     from yap_core.banned import load_phrases, logit_bias
     from yap_core.contracts import GenerationRequest, Sampling
-    from yap_core.plugins import PluginHost
     from yap_core.prompts import Personas, PromptBuilder
     from yap_core.settings import Config, CoreSettings
 
-    config = Config(env={**os.environ, **engine_env(args)}, toml={})
-    core = config.section("core", CoreSettings)
-    host = PluginHost()
-    host.load("vllm")
-    engine = host.engine_factory("vllm")(config)
-    t0 = time.perf_counter()
-    await engine.start(lambda line: print(f"[raw] {line}", flush=True))
-    result: dict[str, Any] = {"engine_start_s": round(time.perf_counter() - t0, 1), "vllm": engine.version,
+    core = Config(env={**os.environ, **engine_env(args)}, toml={}).section("core", CoreSettings)
+    result: dict[str, Any] = {"engine_start_s": round(start_s, 1), "vllm": engine.version,
                               "quantization": engine.quant_plan.reason, "engine_kwargs": engine.engine_kwargs_used}  # fmt: skip
     llm = engine.async_llm
     builder = PromptBuilder(engine.tokenizer, core, engine.max_model_len, Personas.load(core.personas_file))
@@ -318,7 +336,6 @@ async def raw_phase(args: argparse.Namespace) -> dict[str, Any]:
                        "scheduler_not_seen_dropping_within_1s": stale}  # fmt: skip
     print(f"[raw] abort: {result['abort']}", flush=True)
     result["stats_end"] = _stats_dict(await engine.stats())
-    await engine.close()
     return result
 
 
@@ -330,7 +347,7 @@ def seed_for(c: int, warm: bool, r: int, mode: str) -> int:
     """Raw and ws (separate engines) get the same prompts; the wrapper runs on
     the raw phase's engine after it, so it gets its own (an earlier identical
     prompt would be a prefix-cache hit)."""
-    return (100_000 if mode == "wrapper" else 0) + c * 1000 + (500 if warm else 0) + r
+    return {"wrapper": 100_000, "ws-shared": 300_000}.get(mode, 0) + c * 1000 + (500 if warm else 0) + r
 
 
 # --------------------------------------------------------------------------- ws
@@ -407,29 +424,46 @@ async def _ws_sustain_worker(url: str, sessions: list[tuple[int, str]], w1: floa
     return turns
 
 
-async def ws_phase(args: argparse.Namespace) -> dict[str, Any]:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+class Front:
+    """The WebSocket side under test: its URLs, the processes that serve the
+    sockets (never vLLM's engine core) and the log with TURN_TIMING_LOG lines."""
 
+    def __init__(self, ws_url: str, base_url: str, procs: list[Any], log_path: Path, salt: int = 0) -> None:
+        self.ws_url, self.base_url, self.procs, self.log_path, self.salt = ws_url, base_url, procs, log_path, salt
+
+    def cpu(self) -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in self.procs)
+
+
+async def ws_phase(args: argparse.Namespace) -> dict[str, Any]:
     import psutil
-    from yap_core.server_process import ServerProcess, http_get_async
-    from yap_core.wsclient import YapConnection
+    from yap_core.server_process import ServerProcess
 
     log_path = Path(args.out).with_suffix(".server.log")
     server = ServerProcess(engine_env(args), log_path=log_path)
     t0 = time.perf_counter()
     await server.start()
-    result: dict[str, Any] = {"server_start_s": round(time.perf_counter() - t0, 1)}
+    start_s = time.perf_counter() - t0
+    main = psutil.Process(server.pid)
+    # With SERVER_WORKERS the supervisor idles and its workers serve the sockets.
+    workers = [p for p in main.children() if "--worker-spec" in " ".join(p.cmdline())]
+    result = await ws_measure(Front(server.ws_url, server.base_url, workers or [main], log_path), args, start_s)
+    await server.stop()
+    return result
+
+
+async def ws_measure(front: Front, args: argparse.Namespace, start_s: float) -> dict[str, Any]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from yap_core.server_process import http_get_async
+    from yap_core.wsclient import YapConnection
+
+    result: dict[str, Any] = {"server_start_s": round(start_s, 1), "server_processes": len(front.procs)}
     print(f"[ws] server up in {result['server_start_s']} s", flush=True)
     sampling = dict(SAMPLING)
-    server_proc = psutil.Process(server.pid)
-    # The processes that serve sockets: the server itself, or with SERVER_WORKERS
-    # its workers (the supervisor idles); never vLLM's engine core.
-    front = [server_proc] + [p for p in server_proc.children() if "--worker-spec" in " ".join(p.cmdline())]
-    result["server_processes"] = len(front) - (1 if len(front) > 1 else 0)
-
-    def front_cpu() -> float:
-        return sum(sum(p.cpu_times()[:2]) for p in front)
+    log_path = front.log_path
+    front_cpu = front.cpu
 
     loop = asyncio.get_running_loop()
     pool = ProcessPoolExecutor(max_workers=CLIENT_PROCS, mp_context=multiprocessing.get_context("spawn"))
@@ -449,7 +483,7 @@ async def ws_phase(args: argparse.Namespace) -> dict[str, Any]:
         shares = [pairs[i::procs] for i in range(procs)]
         start_at = time.time() + (0.6 if len(pairs) == 1 else 1.5 if len(pairs) <= 16 else 3.0)
         cpu0 = None
-        futures = [loop.run_in_executor(pool, ws_worker, server.ws_url, share, warm, start_at) for share in shares]
+        futures = [loop.run_in_executor(pool, ws_worker, front.ws_url, share, warm, start_at) for share in shares]
         await asyncio.sleep(max(0.0, start_at - time.time()))
         cpu0 = front_cpu()
         parts = await asyncio.gather(*futures)
@@ -472,7 +506,7 @@ async def ws_phase(args: argparse.Namespace) -> dict[str, Any]:
         for warm in (False, True):
             samples, walls, tokens, cpus = [], [], [], []
             for r in range(ROUNDS[c]):
-                rs, wall, cpu = await round_(session_texts(seed_for(c, warm, r, "ws"), c), warm)
+                rs, wall, cpu = await round_(session_texts(seed_for(c, warm, r, "ws-shared" if front.salt else "ws"), c), warm)
                 walls.append(wall)
                 tokens.append(sum(x["tokens"] for x in rs))
                 cpus.append(cpu)
@@ -482,12 +516,12 @@ async def ws_phase(args: argparse.Namespace) -> dict[str, Any]:
             result[key]["server_main_cpu_cores"] = _r(statistics.median(cpus))
             print(f"[ws] {key}: {result[key]}", flush=True)
     for c in SUSTAIN_C:
-        systems = list(enumerate(s for s, _ in session_texts(200_000 + c, c)))
+        systems = [(i + front.salt, s) for i, (s, _) in enumerate(session_texts(200_000 + c + front.salt, c))]
         procs = min(CLIENT_PROCS, c)
         w0 = time.time() + SUSTAIN_WARM_S
         w1 = w0 + SUSTAIN_S
         cpu0 = front_cpu()
-        parts = await asyncio.gather(*[loop.run_in_executor(pool, ws_sustain_worker, server.ws_url, systems[i::procs], w1)
+        parts = await asyncio.gather(*[loop.run_in_executor(pool, ws_sustain_worker, front.ws_url, systems[i::procs], w1)
                                        for i in range(procs)])  # fmt: skip
         turns = [t for part in parts for t in part]
         key = f"ws/sustained/c{c}"
@@ -501,11 +535,11 @@ async def ws_phase(args: argparse.Namespace) -> dict[str, Any]:
     headers = {"X-API-Key": API_KEY}
     for _ in range(10):  # what one /status round trip costs (bounds the idle figure below)
         t = time.perf_counter()
-        await http_get_async(server.base_url + "/status", headers)
+        await http_get_async(front.base_url + "/status", headers)
         status_ms.append((time.perf_counter() - t) * 1e3)
     for i in range(10):
         system, user = session_texts(5000 + i, 1)[0]
-        async with await YapConnection.open(server.ws_url, API_KEY) as conn:
+        async with await YapConnection.open(front.ws_url, API_KEY) as conn:
             sid, rid = uuid.uuid4().hex, uuid.uuid4().hex
             await conn.send("start", sid, rid, {"chat_prompt": system, "user_utterance": user, "sampling": sampling})
             tokens = 0
@@ -520,8 +554,8 @@ async def ws_phase(args: argparse.Namespace) -> dict[str, Any]:
                 if frame.type == "cancelled":
                     to_cancelled.append((time.perf_counter() - t_cancel) * 1e3)
                     break
-            while args.workers == 1:  # with workers, /status answers for whichever worker takes the GET
-                body = (await http_get_async(server.base_url + "/status", headers)).body
+            while len(front.procs) == 1:  # with workers, /status answers for whichever worker takes the GET
+                body = (await http_get_async(front.base_url + "/status", headers)).body
                 if body["engine"]["stats"]["running"] == 0:
                     to_idle.append((time.perf_counter() - t_cancel) * 1e3)
                     break
@@ -531,8 +565,103 @@ async def ws_phase(args: argparse.Namespace) -> dict[str, Any]:
                        "to_engine_idle_via_status_ms_max": _r(max(to_idle)) if to_idle else None,
                        "status_round_trip_ms_p50": _r(pct(status_ms, 0.5))}  # fmt: skip
     print(f"[ws] abort: {result['abort']}", flush=True)
-    await server.stop()
     return result
+
+
+# --------------------------------------------------------------------------- both
+
+
+def cpu_split(physical: int) -> tuple[set[int], set[int]]:
+    """The first ``physical`` cores (with their hyper-threads) for vLLM's engine
+    core, the rest for everything else; (set(), all) when ``physical`` is 0.
+    The engine core's busy loop is CPU-bound on a 1B model: sharing a core
+    with the benchmark's own WebSocket clients slows every decode step, which
+    a deployment (clients on other machines) would not see."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not physical:
+        return set(), set(cpus)
+    cores: dict[str, list[int]] = {}
+    for c in cpus:
+        siblings = Path(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list")
+        cores.setdefault(siblings.read_text().strip() if siblings.exists() else str(c), []).append(c)
+    groups = list(cores.values())
+    engine = {c for g in groups[:physical] for c in g}
+    return engine, set(cpus) - engine
+
+
+async def both_phase(args: argparse.Namespace) -> dict[str, Any]:
+    """Raw AsyncLLM and the WebSocket path on ONE engine core, one after the
+    other: the bench launches the engine core as the SERVER_WORKERS supervisor
+    does (``VllmEngine.share``), with one client more than workers. Client 0 is
+    this process's raw AsyncLLM; clients 1..N are Yap worker processes serving
+    the WebSockets. Separate raw and ws phases each start their own engine, and
+    two engine starts of the same model differed by up to 40 % in throughput
+    (docs/gpu-results.md); here both sides share every step of one engine."""
+    import threading
+
+    import psutil
+    from yap_core.server_process import free_port, http_get
+    from yap_core.workers import ServeOptions, WorkerSpec, listen, start_worker
+
+    n = args.workers
+    os.environ.update(engine_env(args))  # the workers read their settings from the environment
+    launcher = vllm_engine(args)
+    engine_cpus, other_cpus = cpu_split(args.pin_engine)
+    if engine_cpus:  # the engine core process (spawned by share) inherits this affinity
+        os.sched_setaffinity(0, engine_cpus)
+        print(f"[both] engine core on CPUs {sorted(engine_cpus)}, everything else on {sorted(other_cpus)}", flush=True)
+    share = launcher.share(n + 1)
+    if engine_cpus:
+        os.sched_setaffinity(0, other_cpus)  # this process, the workers and the client processes
+    ready_error: list[BaseException] = []
+
+    def wait_ready() -> None:
+        try:
+            share.wait_ready()
+        except BaseException as exc:
+            ready_error.append(exc)
+
+    waiter = threading.Thread(target=wait_ready, daemon=True)
+    waiter.start()
+    host, port = "127.0.0.1", free_port("127.0.0.1")
+    log_path = Path(args.out).with_suffix(".server.log")
+    log = log_path.open("ab")
+    socks = listen(host, port, n)
+    options = ServeOptions(host=host, port=port, certfile=None, keyfile=None, access_log=False)
+    workers = [start_worker(WorkerSpec(index=i, count=n, fd=socks[i % len(socks)].fileno(), parent_pid=os.getpid(),
+                                       attachment=share.attachments[i + 1]), options, log) for i in range(n)]  # fmt: skip
+    for sock in socks:
+        sock.close()
+    try:
+        t0 = time.perf_counter()
+        raw = vllm_engine(args)
+        raw.attach(share.attachments[0])
+        await raw.start(lambda line: print(f"[raw] {line}", flush=True))
+        raw_result = await raw_measure(raw, args, time.perf_counter() - t0)
+        base = f"http://{host}:{port}"
+        healthy = 0
+        while healthy < 20:  # consecutive 200s: new connections land on every worker
+            assert not ready_error, ready_error
+            assert all(w.poll() is None for w in workers), "a worker exited; see " + str(log_path)
+            try:
+                healthy = healthy + 1 if http_get(base + "/healthz", timeout=2.0).status == 200 else 0
+            except OSError:
+                healthy = 0
+            await asyncio.sleep(0.05 if healthy else 0.5)
+        front = Front(f"ws://{host}:{port}/ws", base, [psutil.Process(w.pid) for w in workers], log_path, SHARED_SALT)
+        ws_result = await ws_measure(front, args, time.perf_counter() - t0)
+        await raw.close()
+        method = f"one engine core: raw AsyncLLM is client 1 of {n + 1}, the WebSocket path {n} worker process(es)"
+        if engine_cpus:
+            method += f"; the engine core alone on CPUs {sorted(engine_cpus)}"
+        return {"method": method, "raw": raw_result, "ws": ws_result}
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.wait(60)
+        share.close()
+        log.close()
 
 
 # --------------------------------------------------------------------------- report
@@ -542,6 +671,7 @@ def report(raw: dict[str, Any], ws: dict[str, Any]) -> str:
     lines = [
         f"vLLM {raw.get('vllm')}; quantization: {raw.get('quantization')}; engine start {raw.get('engine_start_s')} s, "
         f"server start {ws.get('server_start_s')} s; WebSocket path on {ws.get('server_processes', 1)} server process(es) (SERVER_WORKERS)",
+        f"Method: {ws.get('method', 'raw and ws phases in separate processes, each with its own engine')}",
         "",
         "| sessions | prefix | raw TTFT p50 / p90 ms | wrapper TTFT p50 ms | WS TTFT p50 / p90 ms | WS − raw p50 ms "
         "| raw tok/s | wrapper tok/s | WS tok/s | WS vs raw |",
@@ -614,8 +744,8 @@ def report(raw: dict[str, Any], ws: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("phase", choices=["raw", "ws", "report"])
-    ap.add_argument("files", nargs="*", help="report: raw.json ws.json")
+    ap.add_argument("phase", choices=["raw", "ws", "both", "report"])
+    ap.add_argument("files", nargs="*", help="report: raw.json ws.json, or one both.json")
     ap.add_argument("--model", help="model folder (config.json + tokenizer) or checkpoint")
     ap.add_argument("--load-format", default="auto", help="dummy: random weights")
     ap.add_argument("--attn", default="FLASH_ATTN")
@@ -623,6 +753,7 @@ def main() -> None:
     ap.add_argument("--gpu-frac", type=float, default=0.85)
     ap.add_argument("--stream-interval", type=int, default=1, help="STREAM_INTERVAL for both phases")
     ap.add_argument("--workers", type=int, default=1, help="ws phase: SERVER_WORKERS (server processes on one engine core)")
+    ap.add_argument("--pin-engine", type=int, default=0, help="both phase: physical cores reserved for vLLM's engine core (0: no pinning)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true", help="tiny run (c=1 and 4, one round): checks the script, measures nothing")
     args = ap.parse_args()
@@ -631,14 +762,15 @@ def main() -> None:
         CONCURRENCY, ROUNDS, CLIENT_PROCS = (1, 4), {1: 1, 4: 1}, 2
         SUSTAIN_C, SUSTAIN_S, SUSTAIN_WARM_S = (4,), 2.0, 0.5
     if args.phase == "report":
-        raw, ws = (json.loads(Path(f).read_text()) for f in args.files)
+        loaded = [json.loads(Path(f).read_text()) for f in args.files]
+        raw, ws = loaded if len(loaded) == 2 else (loaded[0]["raw"], loaded[0]["ws"] | {"method": loaded[0]["method"]})
         text = report(raw, ws)
         Path(args.out).write_text(text)
         print(text)
         return
     if not args.model:
         sys.exit("--model is required")
-    run = raw_phase if args.phase == "raw" else ws_phase
+    run = {"raw": raw_phase, "ws": ws_phase, "both": both_phase}[args.phase]
     result = asyncio.run(run(args))
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result))

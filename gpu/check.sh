@@ -92,6 +92,18 @@ bench|bench_raw|bench_ws|bench_report)
   cp "$RES"/*.json "$RES"/*.md "$OUT"/ 2>/dev/null
   (cd "$RES" && tar czf "$OUT/bench_logs_$size-si$SI.tgz" *.log 2>/dev/null)
   exit $rc;;
+bench_both)
+  # Raw AsyncLLM and the WebSocket path on ONE engine core (vllm_bench.py both):
+  # no engine-to-engine variance between the two sides. WORKERS=N worker processes.
+  size="${1:-1b}"; SI="${SI:-1}"; W="${WORKERS:-1}"; RES=/tmp/res/$size-si$SI; mkdir -p "$RES"
+  log "benchmark ($size): raw and WebSocket on one engine core, $W worker(s)"
+  python3 benchmarks/vllm_bench.py both --model "$WH/models/llama-$size" --load-format dummy --stream-interval "$SI" \
+    --workers "$W" --pin-engine "${PIN:-0}" ${QUICK:+--quick} --out "$RES/bench_both_w$W.json" > "$RES/bench_both_w$W.log" 2>&1
+  rc=$?; grep -a "^\[raw\]\|^\[ws\]\|Error\|Traceback" "$RES/bench_both_w$W.log" | cut -c1-300 | tail -30
+  python3 benchmarks/vllm_bench.py report "$RES/bench_both_w$W.json" --out "$RES/bench_both_w$W.md" >/dev/null || rc=1
+  cp "$RES"/bench_both_w$W.json "$RES"/bench_both_w$W.md "$OUT"/ 2>/dev/null
+  (cd "$RES" && tar czf "$OUT/bench_both_logs_$size-si$SI-w$W.tgz" bench_both_w$W.log bench_both_w$W.server.log 2>/dev/null)
+  exit $rc;;
 bench_si4)
   # The WebSocket path again with STREAM_INTERVAL=4 (vLLM streams every 4th token):
   # how much of the WS overhead under load is per-token work. Compare with bench_ws.json.

@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 import msgspec
 
@@ -109,7 +109,7 @@ def supervise(config: Config, settings: CoreSettings, options: ServeOptions, pro
         for i in range(n):
             sock = socks[i % len(socks)]
             spec = WorkerSpec(index=i, count=n, fd=sock.fileno(), parent_pid=os.getpid(), attachment=attachments[i])
-            procs.append(_start_worker(spec, options))
+            procs.append(start_worker(spec, options))
         # The workers hold the sockets now: a socket left open here would keep
         # taking the connections hashed to a worker that died.
         for sock in socks:
@@ -149,11 +149,13 @@ def _build_engine(config: Config, settings: CoreSettings) -> Any:
     return host.engine_factory(settings.inference_engine)(config)
 
 
-def _start_worker(spec: WorkerSpec, options: ServeOptions) -> subprocess.Popen[bytes]:
+def start_worker(spec: WorkerSpec, options: ServeOptions, log: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
+    """One worker process; its output goes to ``log`` (default: the supervisor's)."""
     argv = [sys.executable, "-m", "yap_core.cli", "serve", *options.worker_args(),
             "--worker-spec", msgspec.json.encode(spec).decode()]
     # Own session: a terminal's Ctrl-C goes to the supervisor only, which drains the workers.
-    return subprocess.Popen(argv, pass_fds=(spec.fd,), start_new_session=True, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(argv, pass_fds=(spec.fd,), start_new_session=True, stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=subprocess.STDOUT if log is not None else None)
 
 
 def _watch(procs: list[subprocess.Popen[bytes]], share: EngineShare | None, settings: CoreSettings,
