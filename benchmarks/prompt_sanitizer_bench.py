@@ -1,11 +1,15 @@
 """Micro-benchmark: per-turn prompt rendering and per-token sanitizing.
 
-    .venv/bin/python benchmarks/prompt_sanitizer_bench.py [--turns 40] [--reps 5]
+    .venv/bin/python benchmarks/prompt_sanitizer_bench.py [--turns 40] [--reps 5] [--renders 300]
 
 Prints per-turn PromptBuilder.render time (warm caches, as in a session) at
-growing history lengths, a cold render (empty caches), prefix() time, and
-the StreamSanitizer's time per streamed token, on the real SmolLM2 tokenizer.
-Single-threaded, one process; the machine's load shows up in the figures.
+growing history lengths, a cold render (empty caches), prefix() time, the
+time of an inline render (what the event loop pays before the engine is
+called: a ~600-token system prompt of vllm_bench's sessions, tokenized
+already, and a new 30-word utterance each render; without and with 10 earlier
+turns), and the StreamSanitizer's time per streamed token, on the real SmolLM2
+tokenizer. Single-threaded, one process; the machine's load shows up in the
+figures.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import random
 import statistics
 import time
 from pathlib import Path
 
 from transformers import AutoTokenizer
+from vllm_bench import WORDS, session_texts
 from yap_core.banned import load_phrases, logit_bias
 from yap_core.latency_stats import percentile
 from yap_core.personas import Personas
@@ -75,6 +81,33 @@ def bench_render(tok, turns: int) -> None:
     print(f"  prefix() for prefill, {len(pre)} tokens: {us(time.perf_counter() - t0)}")
 
 
+def bench_inline_render(tok, renders: int) -> None:
+    """p50/p90 of render() as the event loop runs it (builder.cheap() true):
+    everything but the new utterance tokenized already."""
+    settings = Config(env={}).section("core", CoreSettings)
+    texts = session_texts(1, renders)
+    rng = random.Random(3)
+    replies = [
+        (Message("user", "Tell me about " + " ".join(rng.choice(WORDS) for _ in range(30)) + "?"),
+         Message("assistant", " ".join(rng.choice(WORDS) for _ in range(140)) + "."))
+        for _ in range(10)
+    ]  # fmt: skip
+    print(f"inline render, {renders} renders, a new 30-word utterance each (p50 / p90):")
+    for name, history in (("(a) system prompt only", []), ("(b) + 10 earlier turns", [m for t in replies for m in t])):
+        builder = PromptBuilder(tok, settings, 8192, Personas.load(None))
+        system = builder.system_prompt(texts[0][0], None, None)
+        builder.remember([m.content for m in history])
+        builder.render(system, history, "Hello!", settings.chat_max_out)  # the template's texts for this shape
+        samples = []
+        for _, user in texts:
+            assert builder.cheap(system, history, user)
+            t0 = time.perf_counter()
+            r = builder.render(system, history, user, settings.chat_max_out)
+            samples.append(time.perf_counter() - t0)
+        samples.sort()
+        print(f"  {name:24s} {len(r.token_ids):5d} tokens  {us(percentile(samples, 50))}  {us(percentile(samples, 90))}")
+
+
 def bench_sanitizer(tok, reps: int) -> None:
     ids = tok.encode(REPLY * 4, add_special_tokens=False)
     # Token pieces as an engine streams them (incremental decode).
@@ -112,10 +145,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=40)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--renders", type=int, default=300)
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (1 min)")
     tok = tokenizer()
     bench_render(tok, args.turns)
+    bench_inline_render(tok, args.renders)
     bench_sanitizer(tok, args.reps)
     t0 = time.perf_counter()
     bias = logit_bias(tok, load_phrases(None))

@@ -16,12 +16,23 @@ ChatML, Llama 3 and most templates), a content and its template text are
 tokenized apart, since the tokenizer splits at special tokens anyway: the
 system prompt counted at ``start`` is then not tokenized again for the turn.
 
-Every turn the real template is also rendered with the real contents and must
-equal the assembled text byte for byte; a template that treats contents
-specially (or a tokenizer that is not concatenation-safe, checked once at
-construction) is tokenized as a whole instead, which is correct but loses the
-by-construction prefix property. All methods are synchronous and pure CPU: the
-server runs them in a thread.
+The assembled text must equal the real template's rendering byte for byte.
+That is proven once per template when it can be: a static analysis of the
+template's Jinja syntax tree (``chat_template_proof.prints_contents_verbatim``) shows that a
+message's content only ever flows into the output as it is (possibly joined
+with ``+``/``~``, or through ``trim``, a no-op on our stripped contents), never
+into a condition, a call, an index or another filter, and that nothing else in
+the template varies between renders (no ``strftime_now``, no ``random``). Its
+output is then a function of the roles alone with the contents printed in
+between: the skeleton, with the contents put back, *is* the real rendering,
+and a turn does not render the template at all. Any other template (one that
+splits or tests contents, as Qwen3's does with ``</think>``, or reads the
+clock) is rendered every turn with the real contents and compared with the
+assembled text. A template that treats contents specially (or a tokenizer
+that is not concatenation-safe, checked once at construction) is tokenized as
+a whole instead, which is correct but loses the by-construction prefix
+property. All methods are synchronous and pure CPU: the server runs them in a
+thread, or on the event loop when ``cheap``.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
+from yap_core.chat_template_proof import prints_contents_verbatim
 from yap_core.contracts import ChatTokenizer
 from yap_core.personas import Personas
 from yap_core.prompt_types import Message, PromptError, RenderedPrompt
@@ -46,6 +58,9 @@ INLINE_NEW_CHARS = 1000
 
 log = logging.getLogger(__name__)
 
+# A history message as rendered: role, content (cleaned), the content's ids.
+_Msg = tuple[str, str, tuple[int, ...]]
+
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -57,7 +72,13 @@ _PROBE = (("system", "Be brief."), ("user", "Hello there!"), ("assistant", "Hi. 
 
 
 class _LRU(Generic[K, V]):
-    """A small thread-safe LRU: sessions render concurrently in worker threads."""
+    """A small thread-safe LRU: sessions render concurrently in worker threads.
+
+    Only ``put`` (insert, then evict) takes the lock. ``get`` is on every
+    turn's hot path, dozens of times, and needs none: ``OrderedDict.get`` and
+    ``move_to_end`` are single C calls, atomic under the GIL for our str and
+    tuple-of-str keys; an entry another thread evicts between the two is
+    still returned, just not moved."""
 
     def __init__(self, size: int) -> None:
         self._size = size
@@ -65,11 +86,13 @@ class _LRU(Generic[K, V]):
         self._lock = threading.Lock()
 
     def get(self, key: K) -> V | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
+        value = self._data.get(key)
+        if value is not None:
+            try:
                 self._data.move_to_end(key)
-            return value
+            except KeyError:  # evicted by another thread in between
+                pass
+        return value
 
     def __contains__(self, key: K) -> bool:
         return key in self._data  # a dict lookup is atomic; no reordering
@@ -83,16 +106,47 @@ class _LRU(Generic[K, V]):
 
 
 class _Assembled:
-    """One rendering: its text, ids, and the token length of each segment."""
+    """One rendering: its text, ids, and the token length of each segment.
 
-    __slots__ = ("text", "ids", "seg_lens")
+    A segment-wise rendering keeps its pieces (contents and template texts,
+    chunks of ids) and joins them on first use: ``_fit`` may try a longer
+    history first and keep a shorter one, and only ``length`` is needed to
+    judge."""
 
-    def __init__(self, text: str, ids: tuple[int, ...], seg_lens: list[int] | None) -> None:
-        self.text = text
-        self.ids = ids
+    __slots__ = ("length", "seg_lens", "_text", "_ids", "_conv", "_wrappers", "_chunks")
+
+    def __init__(
+        self,
+        text: str | None,
+        ids: tuple[int, ...] | None,
+        seg_lens: list[int] | None,
+        *,
+        conv: list[tuple[str, str]] | None = None,
+        wrappers: tuple[str, ...] = (),
+        chunks: list[tuple[int, ...]] | None = None,
+    ) -> None:
+        self._text, self._ids = text, ids
+        self._conv, self._wrappers, self._chunks = conv, wrappers, chunks
         # seg_lens[0]: template header; seg_lens[k]: message k-1 (system first)
         # with the template text that follows it. None: tokenized as a whole.
         self.seg_lens = seg_lens
+        self.length = len(ids) if ids is not None else sum(seg_lens or ())
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            assert self._conv is not None
+            self._text = _fill(self._conv, self._wrappers)
+        return self._text
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        if self._ids is None:
+            joined: list[int] = []
+            for chunk in self._chunks or ():
+                joined += chunk  # copies in C: Python work per chunk, not per token
+            self._ids = tuple(joined)
+        return self._ids
 
 
 class PromptBuilder:
@@ -115,17 +169,23 @@ class PromptBuilder:
         # (inline check, history budget, render), and again on every later turn
         self._cleaned: _LRU[str, str] = _LRU(cache_size)
         self._skeletons: _LRU[tuple[str, ...], tuple[str, ...] | tuple[()]] = _LRU(256)
+        self._skeleton_ids: _LRU[tuple[str, ...], tuple[tuple[int, ...], ...]] = _LRU(256)
         # Contents must not smuggle control tokens (a user typing "<|im_end|>"
         # would otherwise open a fake system turn): they are removed.
         specials = sorted(getattr(tokenizer, "all_special_tokens", None) or [], key=len, reverse=True)
         self._specials = re.compile("|".join(map(re.escape, specials))) if specials else None
         self.segmented = self._concatenation_safe()
         self.split_contents = self.segmented and self._split_safe()
+        # The template proven to print contents verbatim (None: not proven, and
+        # every turn renders the real template to compare).
+        self._proven: str | None = self._prove_template() if self.segmented else None
         log.info(
-            "prompt builder: segment-wise ids %s, contents tokenized apart %s, Rust encode %s",
+            "prompt builder: segment-wise ids %s, contents tokenized apart %s, Rust encode %s, "
+            "template proven content-blind %s",
             self.segmented,
             self.split_contents,
             self.rust_encode,
+            self._proven is not None,
         )
         if not self.segmented:
             log.warning(
@@ -189,7 +249,7 @@ class PromptBuilder:
         History is trimmed as ``render`` will trim it."""
         built, n = self._fit(system, history, "", self._settings.chat_max_out)
         if built.seg_lens is not None:
-            return built.ids[: len(built.ids) - built.seg_lens[-1]]
+            return built.ids[: built.length - built.seg_lens[-1]]
         # Whole-text mode: the conversation so far, without a generation prompt.
         kept = [{"role": m.role, "content": self._clean(m.content)} for m in history[len(history) - n :]]
         text = self._template([{"role": "system", "content": system}, *kept], generation_prompt=False)
@@ -221,42 +281,44 @@ class PromptBuilder:
         HISTORY_MAX_TOKENS and prompt + max_out fits the context."""
         system = self._clean(system)
         budget = self._settings.history_max_tokens
-        first = self._pretrim(history, budget)
-        msgs = [(m.role, self._clean(m.content)) for m in history[first:]]
+        msgs = self._recent(history, budget)
         starts = _turn_starts(msgs)
         context = self.max_model_len - max_out
         start = 0
         while True:
             built = self._assemble(system, msgs[start:], user)
-            if self._history_tokens(built, msgs[start:]) <= budget and len(built.ids) <= context:
+            if self._history_tokens(built, msgs[start:]) <= budget and built.length <= context:
                 return built, len(msgs) - start
             later = [s for s in starts if s > start]
             if not later:
                 raise PromptError(
                     "text_too_long",
                     None,
-                    f"prompt is {len(built.ids)} tokens without history; with {max_out} reply "
+                    f"prompt is {built.length} tokens without history; with {max_out} reply "
                     f"tokens it exceeds the model's context of {self.max_model_len}",
                 )
             start = self._jump(built, start, later, budget, context)
 
-    def _pretrim(self, history: Sequence[Message], budget: int) -> int:
-        """Where to begin: the oldest whole turn whose contents alone fit the
-        budget. Contents are a lower bound of what the template makes of them,
-        so nothing the exact check would keep is lost; a long session's old
-        history is not even looked at (only the newest messages are walked)."""
-        total, oldest = 0, len(history)
-        for k in range(len(history) - 1, -1, -1):
-            total += len(self._ids(self._clean(history[k].content)))
+    def _recent(self, history: Sequence[Message], budget: int) -> list[_Msg]:
+        """The newest whole turns whose contents alone fit the budget, as
+        rendered and with their ids. Contents are a lower bound of what the
+        template makes of them, so nothing the exact check would keep is lost;
+        a long session's old history is not even looked at (only the newest
+        messages are walked)."""
+        kept: list[_Msg] = []
+        total = 0
+        for m in reversed(history):
+            content = self._clean(m.content)
+            ids = self._ids(content)
+            total += len(ids)
             if total > budget:
                 break
-            oldest = k
-        if oldest == 0:
-            return 0
-        for k in range(oldest, len(history)):
-            if history[k].role == "user":
-                return k
-        return len(history)
+            kept.append((m.role, content, ids))
+        else:
+            return kept[::-1]  # all of it (even a history that opens with the assistant)
+        kept.reverse()
+        first = next((k for k, m in enumerate(kept) if m[0] == "user"), len(kept))
+        return kept[first:]
 
     def _jump(self, built: _Assembled, start: int, later: list[int], budget: int, context: int) -> int:
         """The first turn start that fits, judged from this rendering's segment
@@ -264,38 +326,68 @@ class PromptBuilder:
         if built.seg_lens is None:
             return later[0]
         hist = built.seg_lens[2:-1]  # msgs[start:], one segment each
-        total, hist_total = len(built.ids), sum(hist)
+        total, hist_total = built.length, sum(hist)
         for s in later:
             dropped = sum(hist[: s - start])
             if hist_total - dropped <= budget and total - dropped <= context:
                 return s
         return later[-1]
 
-    def _history_tokens(self, built: _Assembled, msgs: list[tuple[str, str]]) -> int:
+    def _history_tokens(self, built: _Assembled, msgs: list[_Msg]) -> int:
         if not msgs:
             return 0
         if built.seg_lens is not None:
             return sum(built.seg_lens[2:-1])  # contents with their template text
-        return sum(len(self._ids(c)) for _, c in msgs)  # whole-text mode: contents only
+        return sum(len(ids) for _, _, ids in msgs)  # whole-text mode: contents only
 
     # --- rendering -------------------------------------------------------------
 
-    def _assemble(self, system: str, msgs: list[tuple[str, str]], user: str) -> _Assembled:
-        conv = [("system", system), *msgs, ("user", user)]
+    def _assemble(self, system: str, msgs: list[_Msg], user: str) -> _Assembled:
+        conv = [("system", system), *((role, content) for role, content, _ in msgs), ("user", user)]
+        roles = tuple(r for r, _ in conv)
+        if self._proven is not None and getattr(self._tok, "chat_template", None) is self._proven:
+            # The skeleton with the contents put back is the real rendering
+            # (see the module docstring): no template render this turn.
+            wrappers = self._skeleton(roles)
+            if wrappers:
+                return self._segments(conv, msgs, roles, wrappers, None)
         text = self._template([{"role": r, "content": c} for r, c in conv])
-        wrappers = self._skeleton(tuple(r for r, _ in conv)) if self.segmented else ()
-        if wrappers:
-            segments = [wrappers[0]] + [c + wrappers[i + 1] for i, (_, c) in enumerate(conv)]
-            if "".join(segments) == text:
-                if self.split_contents:
-                    parts = [self._ids(wrappers[0])] + [
-                        self._ids(c) + self._ids(wrappers[i + 1]) for i, (_, c) in enumerate(conv)
-                    ]
-                else:
-                    parts = [self._ids(s) for s in segments]
-                ids = tuple(i for p in parts for i in p)
-                return _Assembled(text, ids, [len(p) for p in parts])
+        wrappers = self._skeleton(roles) if self.segmented else ()
+        if wrappers and _fill(conv, wrappers) == text:
+            return self._segments(conv, msgs, roles, wrappers, text)
         return _Assembled(text, tuple(self._encode(text)), None)
+
+    def _segments(
+        self,
+        conv: list[tuple[str, str]],
+        msgs: list[_Msg],
+        roles: tuple[str, ...],
+        wrappers: tuple[str, ...],
+        text: str | None,
+    ) -> _Assembled:
+        """The ids of each content and of the template text after it, from the
+        caches; joined when used."""
+        if self.split_contents:
+            tails = self._wrapper_ids(roles, wrappers)
+            own = [self._ids(conv[0][1]), *(ids for _, _, ids in msgs), self._ids(conv[-1][1])]
+            chunks = [tails[0]]
+            seg_lens = [len(tails[0])]
+            for content_ids, tail in zip(own, tails[1:], strict=True):
+                chunks += (content_ids, tail)
+                seg_lens.append(len(content_ids) + len(tail))
+        else:
+            chunks = [self._ids(wrappers[0])]
+            chunks += [self._ids(content + after) for (_, content), after in zip(conv, wrappers[1:], strict=True)]
+            seg_lens = [len(c) for c in chunks]
+        return _Assembled(text, None, seg_lens, conv=conv, wrappers=wrappers, chunks=chunks)
+
+    def _wrapper_ids(self, roles: tuple[str, ...], wrappers: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
+        """The ids of a skeleton's template texts: one lookup per turn, not one per message."""
+        cached = self._skeleton_ids.get(roles)
+        if cached is None:
+            cached = tuple(self._ids(w) for w in wrappers)
+            self._skeleton_ids.put(roles, cached)
+        return cached
 
     def _template(self, conv: list[dict[str, str]], *, generation_prompt: bool = True) -> str:
         try:
@@ -338,7 +430,15 @@ class PromptBuilder:
         whitespace (which would also blur the token boundary at their start)."""
         cleaned = self._cleaned.get(content)
         if cleaned is None:
-            cleaned = self._specials.sub("", content) if self._specials is not None else content
+            cleaned = content
+            if self._specials is not None:
+                # Until nothing is left: one pass would join "<|im_<|im_end|>end|>"
+                # into a real control token (a user opening a fake system turn).
+                while True:
+                    once = self._specials.sub("", cleaned)
+                    if once == cleaned:
+                        break
+                    cleaned = once
             cleaned = cleaned.strip()
             self._cleaned.put(content, cleaned)
         return cleaned
@@ -364,6 +464,24 @@ class PromptBuilder:
         joined = [i for s in segments for i in self._encode(s)]
         return joined == list(self._encode(text))
 
+    def _prove_template(self) -> str | None:
+        """The chat template, when it provably prints contents verbatim (see
+        ``chat_template_proof.prints_contents_verbatim``) and the tokenizer renders it that way:
+        a probe of contents Jinja or HTML could treat specially (autoescape,
+        a finalize hook) must come out as the skeleton with them put back.
+        The proof is of ``tokenizer.chat_template``, the template that
+        transformers' ``apply_chat_template`` renders when given none."""
+        source = getattr(self._tok, "chat_template", None)
+        if not isinstance(source, str) or not prints_contents_verbatim(source):
+            return None
+        probe = [("system", "<b>&amp;</b> {{ x }}"), ("user", "\"q\" 'a' %}"), ("assistant", ""),
+                 ("user", "tab\tand\nnew line")]  # fmt: skip
+        wrappers = self._skeleton(tuple(r for r, _ in probe))
+        if not wrappers:
+            return None
+        if _fill(probe, wrappers) != self._template([{"role": r, "content": c} for r, c in probe]):
+            return None
+        return source
 
     def _split_safe(self) -> bool:
         """May a content and the template text after it be tokenized apart? Yes
@@ -405,8 +523,16 @@ def _encoder(tok: ChatTokenizer) -> tuple[Callable[[str], Sequence[int]], bool]:
     return (fast, True) if same else (plain, False)
 
 
-def _turn_starts(msgs: list[tuple[str, str]]) -> list[int]:
+def _fill(conv: Sequence[tuple[str, str]], wrappers: tuple[str, ...]) -> str:
+    """A skeleton's template texts with the contents put back in between."""
+    pieces = [wrappers[0]]
+    for (_, content), after in zip(conv, wrappers[1:], strict=True):
+        pieces += (content, after)
+    return "".join(pieces)
+
+
+def _turn_starts(msgs: list[_Msg]) -> list[int]:
     """Indices where a whole turn begins: each user message (and index 0, for
     a history that opens with the assistant). Trimming drops up to one of these."""
-    starts = [i for i, (role, _) in enumerate(msgs) if role == "user" and i > 0]
+    starts = [i for i, (role, _, _) in enumerate(msgs) if role == "user" and i > 0]
     return [*starts, len(msgs)] if msgs else []
