@@ -11,6 +11,7 @@
 #   bash gpu/check.sh recv .wh/c4 && bash gpu/check.sh setup && bash gpu/check.sh smoke
 #   bash gpu/check.sh conformance && bash gpu/check.sh protocol
 #   bash gpu/check.sh bench && bash gpu/check.sh bench_si4
+#   WORKERS=4 PIN=3 bash gpu/check.sh bench_both 1b   (raw and ws on one engine core)
 #   bash gpu/check.sh extras
 # (Files land in $OUT, which the device tool sets and empties before each command.)
 # Each step writes STEP.log (and JSON/markdown where it has figures) under $OUT.
