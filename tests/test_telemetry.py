@@ -138,6 +138,9 @@ async def test_every_metric_moves_and_spans_arrive() -> None:
         assert not points.get(PREFIX + "gpu.memory_used") and not points.get(PREFIX + "gpu.utilization")
         resource = receiver.resource_attributes()
         assert resource["service.name"] == "yap" and resource["yap.engine"] == "scripted"
+        # one series per process (SERVER_WORKERS runs several): the server's pid names it
+        assert resource["service.instance.id"].endswith(f"-{server.pid}")
+        assert "yap.worker" not in resource
 
         def have_spans(r: OtlpReceiver) -> bool:
             names = {s["name"] for s in r.spans()}

@@ -71,7 +71,9 @@ class Runtime:
         self.config = config
         self.settings = settings
         self.worker = worker  # one of SERVER_WORKERS processes, or None: the only one
-        self.telemetry = telemetry or Telemetry(config.env, engine=settings.inference_engine, settings=settings)
+        self.telemetry = telemetry or Telemetry(
+            config.env, engine=settings.inference_engine, settings=settings, worker=None if worker is None else worker.index
+        )
         self.state: State = "starting"
         self.detail = "loading models"
         self.started_at = time.monotonic()

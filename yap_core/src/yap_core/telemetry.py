@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import sys
 import threading
 import time
@@ -42,10 +44,12 @@ class Telemetry:
         engine: str = "",
         service: str = "yap",
         settings: CoreSettings | None = None,
+        worker: int | None = None,
     ) -> None:
         """``settings`` wins; else the core settings are read from ``env``
         (default os.environ) and plugins.toml."""
         self.engine = engine
+        self._worker = worker  # SERVER_WORKERS: this process's index
         cfg = settings if settings is not None else Config.discover(env).section("core", CoreSettings)
         self.enabled = bool(cfg.otel_exporter_otlp_endpoint)
         self._active_connections = 0
@@ -68,7 +72,17 @@ class Telemetry:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
         base = str(cfg.otel_exporter_otlp_endpoint).rstrip("/")
-        resource = Resource.create({"service.name": service, "service.version": _version(), "yap.engine": engine})
+        attributes: dict[str, str | int] = {
+            "service.name": service,
+            "service.version": _version(),
+            "yap.engine": engine,
+            # One per process: with SERVER_WORKERS, several processes export the
+            # same metric names, and a collector must not merge their series.
+            "service.instance.id": f"{socket.gethostname()}-{os.getpid()}",
+        }
+        if self._worker is not None:
+            attributes["yap.worker"] = self._worker
+        resource = Resource.create(attributes)
         reader = PeriodicExportingMetricReader(
             OTLPMetricExporter(endpoint=f"{base}/v1/metrics", timeout=5),
             export_interval_millis=cfg.otel_metric_export_interval,
