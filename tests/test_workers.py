@@ -89,7 +89,9 @@ async def test_sigterm_drains_every_worker_then_exits_zero(tmp_path: Path) -> No
         rids = [new_id() for _ in conns]
         for c, sid, rid in zip(conns, sids, rids, strict=True):
             await c.send("start", sid, rid, {"user_utterance": "tell me something long"})
-        await asyncio.sleep(0.3)  # every turn is streaming now
+        for c in conns:  # every turn is streaming before the signal
+            while (await c.recv(30)).type != "token":
+                pass
         os.kill(server.pid, signal.SIGTERM)
         turns = await asyncio.gather(*(c.collect(rid, c.clock(), wait_s=30) for c, rid in zip(conns, rids, strict=True)))
     finally:
