@@ -133,3 +133,8 @@ def test_an_engine_that_cannot_be_shared_is_refused_at_start() -> None:
                                                 "SERVER_WORKERS": "2"}, timeout=120)
     assert result.returncode == 2, result.stderr
     assert "SERVER_WORKERS=2" in result.stderr and "cannot be shared" in result.stderr
+
+
+def test_a_malformed_worker_spec_is_a_settings_error() -> None:
+    result = yap(["serve", "--worker-spec", '{"index": 1}'], env=SCRIPTED, timeout=60)
+    assert result.returncode == 2 and "--worker-spec" in result.stderr and "count" in result.stderr

@@ -83,7 +83,10 @@ class ServeOptions(msgspec.Struct, kw_only=True, frozen=True):
 
 
 def decode_spec(raw: str) -> WorkerSpec:
-    return msgspec.json.decode(raw, type=WorkerSpec)
+    try:
+        return msgspec.json.decode(raw, type=WorkerSpec)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise SettingsError(f"--worker-spec (set by the SERVER_WORKERS supervisor, not by hand): {exc}") from None
 
 
 def supervise(config: Config, settings: CoreSettings, options: ServeOptions, progress: Callable[[str], None]) -> int:
