@@ -146,7 +146,7 @@ class VllmEngine:
         from vllm.v1.engine.utils import get_engine_zmq_addresses, launch_core_engines
         from vllm.v1.executor import Executor
 
-        config = self._vllm_config(workers, rank=-1)
+        config = self._vllm_config(self._kwargs_for_this_gpu(), workers, rank=-1)
         if config.parallel_config.data_parallel_size > 1:
             raise SettingsError("SERVER_WORKERS > 1 with vLLM data parallelism is not supported")
         addresses = get_engine_zmq_addresses(config, workers)  # IPC paths on one host
@@ -167,21 +167,26 @@ class VllmEngine:
         """In a worker, before start(): use the supervisor's engine core."""
         self._attachment = msgspec.convert(attachment, Attachment)
 
-    def _vllm_config(self, workers: int, rank: int) -> Any:
+    def _vllm_config(self, kwargs: dict[str, Any], workers: int, rank: int) -> Any:
         """vLLM's config for one of ``workers`` API clients (rank -1: the
-        supervisor, which launches the engine core)."""
+        supervisor, which launches the engine core). Blocking (it reads the
+        model's config): workers call it in a thread."""
         from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.platforms import current_platform
         from vllm.usage.usage_lib import UsageContext
 
-        cap = current_platform.get_device_capability()  # NVML: no CUDA context here
-        kwargs = self.engine_kwargs((cap.major, cap.minor) if cap is not None else None)
-        self.engine_kwargs_used = kwargs
         args = AsyncEngineArgs(**kwargs)
         # How vLLM's own API server processes tell their config they are one of several.
         args._api_process_count = workers
         args._api_process_rank = rank
         return args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+
+    def _kwargs_for_this_gpu(self) -> dict[str, Any]:
+        from vllm.platforms import current_platform
+
+        # NVML query: does not initialise CUDA in this process (the engine core forks)
+        cap = current_platform.get_device_capability()
+        self.engine_kwargs_used = self.engine_kwargs((cap.major, cap.minor) if cap is not None else None)
+        return self.engine_kwargs_used
 
     async def start(self, progress: Progress | None = None) -> None:
         say = progress or (lambda line: log.info("%s", line))
@@ -192,37 +197,35 @@ class VllmEngine:
         import vllm
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.inputs import tokens_input
-        from vllm.platforms import current_platform
         from vllm.sampling_params import RequestOutputKind, SamplingParams
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.version = vllm.__version__
         self._SamplingParams, self._tokens_input = SamplingParams, tokens_input
         self._DELTA, self._FINAL_ONLY = RequestOutputKind.DELTA, RequestOutputKind.FINAL_ONLY
-        # NVML query: does not initialise CUDA in this process (the engine core forks)
-        cap = current_platform.get_device_capability()
-        kwargs = self.engine_kwargs((cap.major, cap.minor) if cap is not None else None)
+        kwargs = self._kwargs_for_this_gpu()
         assert self.quant_plan is not None
-        self.engine_kwargs_used = kwargs
         say(f"vllm {self.version}: starting AsyncLLM for {self.model_id} ({self.quant_plan.reason})")
         # Built on a worker thread so the event loop keeps answering /healthz
         # (503 starting) during the 20-100 s start. AsyncLLM supports this: with
         # no running loop it defers its output handler to the first request.
         loggers = [stat_logger_factory(self._snapshot)]
-        if self._attachment is None:
+        a = self._attachment
+        if a is None:
             self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, AsyncEngineArgs(**kwargs), stat_loggers=loggers)
         else:
-            a = self._attachment
             say(f"vllm: attaching to the shared engine core as client {a.client_index + 1} of {a.client_count}")
-            config = self._vllm_config(a.client_count, rank=a.client_index)
-            self._llm = await asyncio.to_thread(
-                AsyncLLM.from_vllm_config,
-                config,
-                stat_loggers=loggers,
-                client_addresses={"input_address": a.input_address, "output_address": a.output_address},
-                client_count=a.client_count,
-                client_index=a.client_index,
-            )
+
+            def attached() -> Any:
+                return AsyncLLM.from_vllm_config(
+                    self._vllm_config(kwargs, a.client_count, a.client_index),
+                    stat_loggers=loggers,
+                    client_addresses={"input_address": a.input_address, "output_address": a.output_address},
+                    client_count=a.client_count,
+                    client_index=a.client_index,
+                )
+
+            self._llm = await asyncio.to_thread(attached)
         self._tokenizer = self._llm.get_tokenizer()
         self.max_model_len = int(self._llm.model_config.max_model_len)
         if self.max_model_len <= self._core.chat_max_out:
