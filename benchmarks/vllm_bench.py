@@ -748,6 +748,7 @@ def report(raw: dict[str, Any], ws: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    global CONCURRENCY, ROUNDS, CLIENT_PROCS, SUSTAIN_C, SUSTAIN_S, SUSTAIN_WARM_S
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("phase", choices=["raw", "ws", "both", "report"])
     ap.add_argument("files", nargs="*", help="report: raw.json ws.json, or one both.json")
@@ -763,12 +764,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny run (c=1 and 4, one round): checks the script, measures nothing")
     args = ap.parse_args()
     if args.quick:
-        global CONCURRENCY, ROUNDS, CLIENT_PROCS, SUSTAIN_C, SUSTAIN_S, SUSTAIN_WARM_S
         CONCURRENCY, ROUNDS, CLIENT_PROCS = (1, 4), {1: 1, 4: 1}, 2
         SUSTAIN_C, SUSTAIN_S, SUSTAIN_WARM_S = (4,), 2.0, 0.5
     if args.phase == "report":
         loaded = [json.loads(Path(f).read_text()) for f in args.files]
         raw, ws = loaded if len(loaded) == 2 else (loaded[0]["raw"], loaded[0]["ws"] | {"method": loaded[0]["method"]})
+        # the cells the run measured (a --quick run has others than the defaults)
+        CONCURRENCY = tuple(sorted({int(k.split("/")[1][1:]) for k in raw if k.startswith("raw/c")}))
+        SUSTAIN_C = tuple(sorted({int(k.rsplit("/c", 1)[1]) for k in raw if k.startswith("raw/sustained/")}))
         text = report(raw, ws)
         Path(args.out).write_text(text)
         print(text)
