@@ -241,3 +241,27 @@ def test_sentry_without_the_extra_is_a_clear_error() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install 'yap-core[sentry]'" in out.stdout
     assert "k@127.0.0.1" not in out.stdout
+
+
+async def test_turn_timing_log_splits_ttft_on_the_hosts_clock() -> None:
+    """TURN_TIMING_LOG: one line per turn whose parts add up, with the frame's
+    arrival and the first token as perf_counter readings that a client on the
+    same host can put beside its own send and receive times."""
+    env = {"SCRIPTED_TOKEN_DELAY_MS": "5", "CHAT_MAX_OUT": "5", "TURN_TIMING_LOG": "1", "LOG_LEVEL": "WARNING"}
+    with serve(env) as server:
+        async with await YapConnection.open(server.ws_url, API_KEY) as conn:
+            turns = [await conn.turn("start", new_id(), {"user_utterance": f"hello {i}"}, wait_s=10) for i in range(3)]
+        await asyncio.sleep(0.2)
+        lines = [line.split("yap.timing: turn ", 1)[1] for line in server.log_text().splitlines() if "yap.timing: turn " in line]
+    records = {r["request_id"]: r for r in map(json.loads, lines)}
+    for turn in turns:
+        assert turn.end == "done", turn
+        r = records[turn.request_id]
+        assert r["status"] == "done" and r["completion_tokens"] > 0
+        # the parts: frame in -> engine called -> first text -> token frame queued
+        assert r["ttft_ms"] == pytest.approx(r["submit_ms"] + r["engine_first_ms"] + r["after_engine_ms"], abs=0.01)
+        assert r["ttft_ms"] == pytest.approx((r["first_token_at"] - r["received_at"]) * 1e3, abs=0.01)
+        # one clock for both processes: sent -> arrived -> first token queued -> first token read
+        first_read = turn.sent_at + turn.first_token_s
+        assert turn.sent_at < r["received_at"] < r["first_token_at"] < first_read
+        assert first_read - turn.sent_at < 10.0

@@ -227,6 +227,11 @@ class TurnRunner:
                     "ttft_ms": ms(t0, self.first_token_at),
                     "total_ms": ms(t0, now),
                     "completion_tokens": self.completion_tokens,
+                    # The two ends as clock readings (perf_counter: CLOCK_MONOTONIC on Linux,
+                    # one clock for every process of the host), so a client on the same host
+                    # can tell its own send/receive hops from the server's time.
+                    "received_at": round(t0, 6),
+                    "first_token_at": None if self.first_token_at is None else round(self.first_token_at, 6),
                 }
             ).decode(),
         )

@@ -54,6 +54,7 @@ class Turn(msgspec.Struct, kw_only=True):
     first_3_words_s: float | None = None
     first_sentence_s: float | None = None
     total_s: float = 0.0
+    sent_at: float = 0.0  # the clock (time.perf_counter) when the request was sent
     other: list[Frame] = []  # frames of other requests seen meanwhile (e.g. a barged-in turn's `cancelled`)
 
 
@@ -217,7 +218,7 @@ class YapConnection:
         on_frame: Callable[[Frame, float], None] | None = None,
     ) -> Turn:
         """Collect frames of ``request_id`` until done, cancelled, error or ready."""
-        turn = Turn(request_id=request_id)
+        turn = Turn(request_id=request_id, sent_at=t0)
         # One deadline for the whole turn, not a timer per frame: a voice turn is
         # hundreds of frames and the benchmark runs hundreds of turns at once.
         try:
