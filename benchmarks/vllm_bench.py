@@ -62,6 +62,11 @@ SUSTAIN_C = (16, 64)
 SUSTAIN_WARM_S = 3.0  # turns run this long before the measured window opens
 SUSTAIN_S = 10.0
 MAX_TOKENS = 150
+# Before each round both sides sit idle this long (the WebSocket side needs it to
+# start its client processes together; raw waits as long, so that each side's
+# first token comes from an engine core and a process that were just as idle).
+def idle_before_round_s(c: int) -> float:
+    return 0.6 if c == 1 else 1.5 if c <= 16 else 3.0
 SAMPLING = {"temperature": 0.7, "top_p": 0.9, "top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0,
             "presence_penalty": 0.0, "frequency_penalty": 0.0, "max_tokens": MAX_TOKENS}  # fmt: skip
 API_KEY = "bench-key"
@@ -150,7 +155,7 @@ def summarize(samples: list[dict[str, float]], walls: list[float], tokens: list[
     ttft = [s["ttft_ms"] for s in samples if s.get("ttft_ms") is not None]
     extra: dict[str, Any] = {}
     # ws only: the server's own view of each turn (usage.ttft_ms, the timing log)
-    for key in ("server_ttft_ms", "submit_ms", "engine_first_ms", "after_engine_ms"):
+    for key in ("server_ttft_ms", "submit_ms", "engine_first_ms", "after_engine_ms", "hop_in_ms", "hop_out_ms"):
         xs = [s[key] for s in samples if s.get(key) is not None]
         if xs:
             extra[f"{key}_p50"] = _r(pct(xs, 0.5))
@@ -183,13 +188,49 @@ def _r(x: float | None) -> float | None:
 
 
 def vllm_engine(args: argparse.Namespace) -> Any:
-    """The vLLM plugin's engine object, built from the bench's settings (not started)."""
+    """The vLLM plugin's engine object, built from the bench's settings (not
+    started). An engine core it starts runs the abort probe's scheduler
+    (vllm_abort_probe.py: vLLM's own scheduler plus a timestamp per abort)."""
     from yap_core.plugins import PluginHost
     from yap_core.settings import Config
 
     host = PluginHost()
     host.load("vllm")
-    return host.engine_factory("vllm")(Config(env={**os.environ, **engine_env(args)}, toml={}))
+    engine = host.engine_factory("vllm")(Config(env={**os.environ, **engine_env(args)}, toml={}))
+    own = engine.engine_kwargs
+    engine.engine_kwargs = lambda sm: {**own(sm), "scheduler_cls": "vllm_abort_probe.AbortProbeScheduler"}
+    return engine
+
+
+ABORTS_ON_TOKEN = 10  # aborts (cancels) sent as the 10th token arrives; as many more later
+ABORT_JITTER_S = 0.010  # "later": uniformly within this (longer than one decode step of either model)
+
+
+def probe_summary(args: argparse.Namespace, requests: list[tuple[str, float]]) -> dict[str, Any]:
+    """The probe's figures for requests[:ABORTS_ON_TOKEN] (sent on a token) and the rest (at a random moment)."""
+    out: dict[str, Any] = {}
+    for name, part in (("on_token", requests[:ABORTS_ON_TOKEN]), ("random", requests[ABORTS_ON_TOKEN:])):
+        ms = probe_ms(args, part)
+        out |= {f"to_scheduler_probe_{name}_ms_p50": _r(pct(ms, 0.5)), f"to_scheduler_probe_{name}_ms_max": _r(max(ms, default=None)),
+                f"scheduler_probe_{name}_n": f"{len(ms)} of {len(part)}"}  # fmt: skip
+    return out
+
+
+def probe_file(args: argparse.Namespace) -> str:
+    """Where the engine core's abort probe writes (set up by main())."""
+    return str(Path(args.out).with_suffix(".aborts"))
+
+
+def probe_ms(args: argparse.Namespace, requests: list[tuple[str, float]]) -> list[float]:
+    """Per (request id, perf_counter of its abort or cancel): ms until vLLM's
+    scheduler dropped it, as the probe in the engine core recorded. The probe
+    sees internal ids, ``<request id>-<8 hex>`` (InputProcessor.assign_request_id)."""
+    dropped: dict[str, float] = {}
+    path = Path(probe_file(args))
+    for line in path.read_text().splitlines() if path.exists() else ():
+        rid, _, at = line.rpartition(" ")
+        dropped.setdefault(rid.rpartition("-")[0], float(at))
+    return [(dropped[rid] - t) * 1e3 for rid, t in requests if rid in dropped]
 
 
 async def raw_phase(args: argparse.Namespace) -> dict[str, Any]:
@@ -254,6 +295,7 @@ async def raw_measure(engine: Any, args: argparse.Namespace, start_s: float) -> 
                     if warm:
                         await asyncio.gather(*[engine.prefill(builder.prefix(s, [])) for s, _ in pairs])
                     prompts = [builder.render(s, [], u, MAX_TOKENS).token_ids for s, u in pairs]
+                    await asyncio.sleep(idle_before_round_s(c))
                     t, cpu0 = time.perf_counter(), time.process_time()
                     rs = await asyncio.gather(*[runner(ids) for ids in prompts])
                     walls.append(time.perf_counter() - t)
@@ -303,7 +345,11 @@ async def raw_measure(engine: Any, args: argparse.Namespace, start_s: float) -> 
     result["cold_prompt_work_ms"] = {"p50": _r(pct(render_ms, 0.5)), "p90": _r(pct(render_ms, 0.9))}
     print(f"[raw] cold prompt work: {result['cold_prompt_work_ms']}", flush=True)
 
-    # cancel -> abort: raw AsyncLLM.abort on the 10th token. A background stream
+    # cancel -> abort: raw AsyncLLM.abort after the 10th token: ABORTS_ON_TOKEN
+    # of them at once (the abort then lands just after a step began: vLLM drops
+    # a request between steps, so this is the worst phase), as many more at a
+    # random moment up to ABORT_JITTER_S later (a barge-in, which does not
+    # follow the decode steps). A background stream
     # keeps the engine stepping, so vLLM keeps reporting scheduler counts (the
     # step that empties the batch reports none); "dropped" is when its running
     # count falls back to the background stream alone.
@@ -312,22 +358,36 @@ async def raw_measure(engine: Any, args: argparse.Namespace, start_s: float) -> 
     bg_ids = builder.render(bg_system, [], bg_user, MAX_TOKENS).token_ids
     background = llm.generate(tokens_input(list(bg_ids)), long_params, "abort-background")
     await anext(background)
-    abort_out, abort_sched, stale = [], [], 0
+    abort_out, abort_sched, stale, victims = [], [], 0, []
     victim_params = SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True, output_kind=RequestOutputKind.DELTA)
-    for i in range(10):
+    rng = random.Random(5)
+
+    async def abort_later(rid: str, delay: float, at: list[float]) -> None:
+        await asyncio.sleep(delay)
+        at.append(time.perf_counter())
+        await llm.abort(rid)
+
+    for i in range(2 * ABORTS_ON_TOKEN):
         system, user = session_texts(5000 + i, 1)[0]
         ids = builder.render(system, [], user, MAX_TOKENS).token_ids
         rid = f"abort-{i}-{uuid.uuid4().hex}"
-        n, t_abort, t_final = 0, None, None
+        n, t_final, at, later = 0, None, [], None
         async for out in llm.generate(tokens_input(list(ids)), victim_params, rid):
             n += len(out.outputs[0].token_ids)
             if out.finished:
                 t_final = time.perf_counter()
                 assert out.outputs[0].finish_reason == "abort", out.outputs[0].finish_reason
-            elif n >= 10 and t_abort is None:
-                t_abort = time.perf_counter()
-                await llm.abort(rid)
+            elif n >= 10 and not at and later is None:
+                if i < ABORTS_ON_TOKEN:
+                    at.append(time.perf_counter())
+                    await llm.abort(rid)
+                else:
+                    later = asyncio.create_task(abort_later(rid, rng.uniform(0, ABORT_JITTER_S), at))
+        if later is not None:
+            await later
+        t_abort = at[0]
         abort_out.append((t_final - t_abort) * 1e3)
+        victims.append((rid, t_abort))
         while engine.scheduler_snapshot().running > 1 and time.perf_counter() - t_abort < 1.0:  # noqa: ASYNC110
             await asyncio.sleep(0.0002)
         if engine.scheduler_snapshot().running > 1:
@@ -336,6 +396,7 @@ async def raw_measure(engine: Any, args: argparse.Namespace, start_s: float) -> 
             abort_sched.append((time.perf_counter() - t_abort) * 1e3)
     await background.aclose()
     result["abort"] = {"to_final_output_ms_p50": _r(pct(abort_out, 0.5)), "to_final_output_ms_max": _r(max(abort_out)),
+                       **probe_summary(args, victims),
                        "to_scheduler_dropped_ms_p50": _r(pct(abort_sched, 0.5)),
                        "to_scheduler_dropped_ms_max": _r(max(abort_sched)) if abort_sched else None,
                        "scheduler_not_seen_dropping_within_1s": stale}  # fmt: skip
@@ -352,20 +413,32 @@ def seed_for(c: int, warm: bool, r: int, mode: str) -> int:
     """Raw and ws (separate engines) get the same prompts; the wrapper runs on
     the raw phase's engine after it, so it gets its own (an earlier identical
     prompt would be a prefix-cache hit)."""
-    return {"wrapper": 100_000, "ws-shared": 300_000}.get(mode, 0) + c * 1000 + (500 if warm else 0) + r
+    return {"wrapper": 100_000, "ws-shared": 300_000, "ws-parked": 400_000}.get(mode, 0) + c * 1000 + (500 if warm else 0) + r
 
 
 # --------------------------------------------------------------------------- ws
 
 
-def ws_worker(url: str, pairs: list[tuple[str, str]], warm: bool, start_at: float) -> list[dict[str, float]]:
+def ws_worker(url: str, pairs: list[tuple[str, str]], warm: bool, start_at: float, spin: bool = False) -> list[dict[str, float]]:
     """One client process's share of a round (the client is spread over
     processes so that its own CPU does not limit what is measured)."""
-    return asyncio.run(_ws_worker(url, pairs, warm, start_at))
+    return asyncio.run(_ws_worker(url, pairs, warm, start_at, spin))
 
 
-async def _ws_worker(url: str, pairs: list[tuple[str, str]], warm: bool, start_at: float) -> list[dict[str, float]]:
+async def _spin() -> None:
+    """Keep this event loop polling (a loop with a ready task polls its sockets
+    without sleeping): the client's CPU stays awake. A voice app is busy with
+    audio when its user stops talking; a Python client parked in epoll for the
+    idle gap pays its own wake-up and cold caches on both hops (0.1-0.3 ms
+    each on the GPU machine), which is the client's cost, not the server's."""
+    while True:  # noqa: ASYNC110 (spinning is the point)
+        await asyncio.sleep(0)
+
+
+async def _ws_worker(url: str, pairs: list[tuple[str, str]], warm: bool, start_at: float, spin: bool) -> list[dict[str, float]]:
     from yap_core.wsclient import YapConnection
+
+    spinner = asyncio.create_task(_spin()) if spin else None
 
     sampling = dict(SAMPLING)
     conns = [await YapConnection.open(url, API_KEY) for _ in pairs]
@@ -389,11 +462,14 @@ async def _ws_worker(url: str, pairs: list[tuple[str, str]], warm: bool, start_a
             return {"ttft_ms": turn.first_token_s * 1e3 if turn.first_token_s is not None else None,
                     "tokens": usage.get("completion_tokens", 0), "prompt_tokens": usage.get("prompt_tokens", 0),
                     "cached": usage.get("cached_prompt_tokens", 0), "end_abs": sent + turn.total_s,
-                    "server_ttft_ms": usage.get("ttft_ms"), "request_id": turn.request_id,
+                    "server_ttft_ms": usage.get("ttft_ms"), "request_id": turn.request_id, "sent_at": turn.sent_at,
+                    "first_at": None if turn.first_token_s is None else turn.sent_at + turn.first_token_s,
                     "token_frames": sum(1 for f in turn.frames if f.type == "token")}  # fmt: skip
 
         return await asyncio.gather(*[one(c, sid, s, u) for c, sid, (s, u) in zip(conns, sids, pairs, strict=True)])
     finally:
+        if spinner is not None:
+            spinner.cancel()
         for conn in conns:
             await conn.close()
 
@@ -483,12 +559,12 @@ async def ws_measure(front: Front, args: argparse.Namespace, start_s: float) -> 
                 out[rec["request_id"]] = rec
         return out
 
-    async def round_(pairs: list[tuple[str, str]], warm: bool) -> tuple[list[dict[str, float]], float, float]:
+    async def round_(pairs: list[tuple[str, str]], warm: bool, spin: bool = False) -> tuple[list[dict[str, float]], float, float]:
         procs = min(CLIENT_PROCS, len(pairs))
         shares = [pairs[i::procs] for i in range(procs)]
-        start_at = time.time() + (0.6 if len(pairs) == 1 else 1.5 if len(pairs) <= 16 else 3.0)
+        start_at = time.time() + idle_before_round_s(len(pairs))
         cpu0 = None
-        futures = [loop.run_in_executor(pool, ws_worker, front.ws_url, share, warm, start_at) for share in shares]
+        futures = [loop.run_in_executor(pool, ws_worker, front.ws_url, share, warm, start_at, spin) for share in shares]
         await asyncio.sleep(max(0.0, start_at - time.time()))
         cpu0 = front_cpu()
         parts = await asyncio.gather(*futures)
@@ -500,6 +576,12 @@ async def ws_measure(front: Front, args: argparse.Namespace, start_s: float) -> 
             rec = logged.get(x["request_id"], {})
             for key in ("submit_ms", "engine_first_ms", "after_engine_ms"):
                 x[key] = rec.get(key)
+            # the two socket hops, on the one clock of this host: client send -> the
+            # server has the frame; the server queued the token frame -> client has it
+            if rec.get("received_at") is not None:
+                x["hop_in_ms"] = (rec["received_at"] - x["sent_at"]) * 1e3
+            if rec.get("first_token_at") is not None and x.get("first_at") is not None:
+                x["hop_out_ms"] = (x["first_at"] - rec["first_token_at"]) * 1e3
         cpu = (front_cpu() - cpu0) / wall
         return samples, wall, cpu
 
@@ -507,16 +589,21 @@ async def ws_measure(front: Front, args: argparse.Namespace, start_s: float) -> 
     for c in CONCURRENCY:
         await round_(session_texts(WARMUP_SEED + c, c), False)
 
-    for c in CONCURRENCY:
+    # c=1: the client process spins (see _spin), then the same cells again with
+    # the client parked between turns ("ws-parked"), for comparison. More
+    # sessions: no spinning, their clients' CPU would be taken from the server.
+    cells = [("ws", c, c == 1) for c in CONCURRENCY] + ([("ws-parked", 1, False)] if 1 in CONCURRENCY else [])
+    for name, c, spin in cells:
         for warm in (False, True):
             samples, walls, tokens, cpus = [], [], [], []
             for r in range(ROUNDS[c]):
-                rs, wall, cpu = await round_(session_texts(seed_for(c, warm, r, "ws-shared" if front.salt else "ws"), c), warm)
+                mode = name if name != "ws" else "ws-shared" if front.salt else "ws"
+                rs, wall, cpu = await round_(session_texts(seed_for(c, warm, r, mode), c), warm, spin)
                 walls.append(wall)
                 tokens.append(sum(x["tokens"] for x in rs))
                 cpus.append(cpu)
                 samples += rs
-            key = f"ws/c{c}/{'warm' if warm else 'cold'}"
+            key = f"{name}/c{c}/{'warm' if warm else 'cold'}"
             result[key] = summarize(samples, walls, tokens)
             result[key]["server_main_cpu_cores"] = _r(statistics.median(cpus))
             print(f"[ws] {key}: {result[key]}", flush=True)
@@ -536,13 +623,14 @@ async def ws_measure(front: Front, args: argparse.Namespace, start_s: float) -> 
     pool.shutdown()
 
     # cancel -> cancelled frame, and -> engine running 0 per /status
-    to_cancelled, to_idle, status_ms = [], [], []
+    to_cancelled, to_idle, status_ms, cancels = [], [], [], []
     headers = {"X-API-Key": API_KEY}
     for _ in range(10):  # what one /status round trip costs (bounds the idle figure below)
         t = time.perf_counter()
         await http_get_async(front.base_url + "/status", headers)
         status_ms.append((time.perf_counter() - t) * 1e3)
-    for i in range(10):
+    rng = random.Random(6)
+    for i in range(2 * ABORTS_ON_TOKEN):
         system, user = session_texts(5000 + i, 1)[0]
         async with await YapConnection.open(front.ws_url, API_KEY) as conn:
             sid, rid = uuid.uuid4().hex, uuid.uuid4().hex
@@ -553,7 +641,10 @@ async def ws_measure(front: Front, args: argparse.Namespace, start_s: float) -> 
                 if frame.type == "token":
                     tokens += 1
                 assert frame.type not in ("done", "error"), frame
+            if i >= ABORTS_ON_TOKEN:  # a barge-in at a random moment (token frames queue meanwhile)
+                await asyncio.sleep(rng.uniform(0, ABORT_JITTER_S))
             t_cancel = await conn.send("cancel", sid, None, {"reason": "bench"})
+            cancels.append((rid, t_cancel))
             while True:
                 frame = await conn.recv(10)
                 if frame.type == "cancelled":
@@ -565,7 +656,10 @@ async def ws_measure(front: Front, args: argparse.Namespace, start_s: float) -> 
                     to_idle.append((time.perf_counter() - t_cancel) * 1e3)
                     break
                 await asyncio.sleep(0.0005)
+    await asyncio.sleep(0.2)  # the engine core drops the last one a step after its `cancelled` frame
     result["abort"] = {"to_cancelled_frame_ms_p50": _r(pct(to_cancelled, 0.5)), "to_cancelled_frame_ms_max": _r(max(to_cancelled)),
+                       # only where this bench started the engine core (both)
+                       **probe_summary(args, cancels),
                        "to_engine_idle_via_status_ms_p50": _r(pct(to_idle, 0.5)) if to_idle else None,
                        "to_engine_idle_via_status_ms_max": _r(max(to_idle)) if to_idle else None,
                        "status_round_trip_ms_p50": _r(pct(status_ms, 0.5))}  # fmt: skip
@@ -712,25 +806,39 @@ def report(raw: dict[str, Any], ws: dict[str, Any]) -> str:
     lines += ["", "Where the WebSocket path's TTFT goes (p50 ms; server figures from `done.usage.ttft_ms` and "
               "TURN_TIMING_LOG): client-measured TTFT; the server's own (frame in -> token frame queued); frame in -> "
               "engine called (decode, session, prompt); engine called -> first text from vLLM; first text -> token "
-              "frame queued (sanitizer); raw AsyncLLM's TTFT for comparison; completion tokens per token frame.", "",
-              "| sessions | prefix | client TTFT | server TTFT | before engine | engine | after engine | added per turn p50 / p90 | raw TTFT | tokens/frame |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for c in CONCURRENCY:
+              "frame queued (sanitizer); the two socket hops on the host's one clock (client sends -> the server's "
+              "app has the frame: client library, kernel, Hypercorn; token frame queued -> the client has it parsed: "
+              "the server's sender task, Hypercorn, kernel, client library); raw AsyncLLM's TTFT for comparison; "
+              "completion tokens per token frame.", "",
+              "| sessions | prefix | client TTFT | server TTFT | before engine | engine | after engine | hop in | hop out "
+              "| added per turn p50 / p90 | raw TTFT | tokens/frame |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [(f"{c} (client spinning)" if c == 1 else str(c), "ws", c) for c in CONCURRENCY]
+    rows += [("1 (client parked)", "ws-parked", 1)] if "ws-parked/c1/warm" in ws else []
+    for label, name, c in rows:
         for warm in ("cold", "warm"):
-            r, s = raw[f"raw/c{c}/{warm}"], ws[f"ws/c{c}/{warm}"]
-            lines.append(f"| {c} | {warm} | {s['ttft_ms_p50']} | {s.get('server_ttft_ms_p50')} | {s.get('submit_ms_p50')} | "
+            r, s = raw[f"raw/c{c}/{warm}"], ws[f"{name}/c{c}/{warm}"]
+            lines.append(f"| {label} | {warm} | {s['ttft_ms_p50']} | {s.get('server_ttft_ms_p50')} | {s.get('submit_ms_p50')} | "
                          f"{s.get('engine_first_ms_p50')} | {s.get('after_engine_ms_p50')} | "
+                         f"{s.get('hop_in_ms_p50')} | {s.get('hop_out_ms_p50')} | "
                          f"{s.get('added_ms_p50')} / {s.get('added_ms_p90')} | {r['ttft_ms_p50']} | "
                          f"{s.get('tokens_per_frame')} |")  # fmt: skip
     a, b = raw.get("abort", {}), ws.get("abort", {})
-    lines += ["", f"Abort, raw AsyncLLM.abort: final abort output p50 {a.get('to_final_output_ms_p50')} ms (max "
-              f"{a.get('to_final_output_ms_max')}); vLLM's scheduler running count dropped (a background stream "
-              f"keeps it reporting) p50 {a.get('to_scheduler_dropped_ms_p50')} ms (max {a.get('to_scheduler_dropped_ms_max')}; "
-              f"not seen within 1 s: {a.get('scheduler_not_seen_dropping_within_1s')} of 10).",
-              f"Abort, WebSocket cancel: `cancelled` frame p50 {b.get('to_cancelled_frame_ms_p50')} ms (max "
-              f"{b.get('to_cancelled_frame_ms_max')}); engine in-flight 0 per /status p50 "
-              f"{b.get('to_engine_idle_via_status_ms_p50')} ms (max {b.get('to_engine_idle_via_status_ms_max')}; one /status "
-              f"round trip alone: p50 {b.get('status_round_trip_ms_p50')} ms).",
+
+    def probed(x: dict[str, Any]) -> str:
+        return "; ".join(f"{label} p50 {x.get(f'to_scheduler_probe_{k}_ms_p50')} ms (max {x.get(f'to_scheduler_probe_{k}_ms_max')}, "
+                         f"{x.get(f'scheduler_probe_{k}_n')} seen)"
+                         for k, label in (("on_token", "sent as the 10th token arrived"),
+                                          ("random", f"at a random moment up to {ABORT_JITTER_S * 1e3:g} ms later")))  # fmt: skip
+
+    lines += ["", "Abort -> the request dropped by vLLM's scheduler (the probe in the engine core, vllm_abort_probe.py: "
+              "the moment `finish_requests` removed it, on the host's one clock):",
+              f"- raw `AsyncLLM.abort`: {probed(a)}; its final abort output p50 {a.get('to_final_output_ms_p50')} ms "
+              f"(max {a.get('to_final_output_ms_max')}); the scheduler's running count seen dropping in the stats of a "
+              f"later step p50 {a.get('to_scheduler_dropped_ms_p50')} ms (max {a.get('to_scheduler_dropped_ms_max')}; "
+              f"not seen within 1 s: {a.get('scheduler_not_seen_dropping_within_1s')}).",
+              f"- WebSocket `cancel` frame sent: {probed(b)}; the `cancelled` frame p50 {b.get('to_cancelled_frame_ms_p50')} ms "
+              f"(max {b.get('to_cancelled_frame_ms_max')}).",
               f"Server-side work before a cold turn reaches the engine (system prompt count + render, measured "
               f"in-process on the same prompts): p50 {raw.get('cold_prompt_work_ms', {}).get('p50')} ms.",
               "", "CPU (cores busy): " + "; ".join(
@@ -740,9 +848,15 @@ def report(raw: dict[str, Any], ws: dict[str, Any]) -> str:
     if b.get("to_cancelled_frame_ms_p50") is not None:
         checks.append((f"cancel -> cancelled p50 {b['to_cancelled_frame_ms_p50']} ms (target <= 5 ms)",
                        b["to_cancelled_frame_ms_p50"] <= 5.0))  # fmt: skip
-    if a.get("to_scheduler_dropped_ms_p50") is not None:
-        checks.append((f"abort -> request out of vLLM's scheduler p50 {a['to_scheduler_dropped_ms_p50']} ms (target <= 5 ms)",
-                       a["to_scheduler_dropped_ms_p50"] <= 5.0))  # fmt: skip
+    for side, x in (("raw AsyncLLM.abort", a), ("WebSocket cancel frame", b)):
+        for k, label in (("on_token", "sent on a token"), ("random", "at a random moment")):
+            ms = x.get(f"to_scheduler_probe_{k}_ms_p50")
+            if ms is not None:
+                checks.append((f"{side} {label} -> request dropped by vLLM's scheduler p50 {ms} ms (target <= 5 ms)", ms <= 5.0))
+    ws1 = {w: ws.get(f"ws/c1/{w}", {}).get("added_ms_p50") for w in ("cold", "warm")}
+    for w, ms in ws1.items():
+        if ms is not None:
+            checks.append((f"c=1 {w}: added per turn p50 {ms} ms (client TTFT - the engine's own; target <= 1 ms)", ms <= 1.0))
     lines += ["", "Targets:"] + [f"- {'MET' if ok else 'MISSED'}: {text}" for text, ok in checks]
     return "\n".join(lines) + "\n"
 
@@ -762,7 +876,13 @@ def main() -> None:
     ap.add_argument("--pin-engine", type=int, default=0, help="both phase: physical cores reserved for vLLM's engine core (0: no pinning)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true", help="tiny run (c=1 and 4, one round): checks the script, measures nothing")
+    ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="session counts of the round cells")
+    ap.add_argument("--sustain", default=",".join(map(str, SUSTAIN_C)), help="session counts of the sustained cells (--sustain= for none)")
+    ap.add_argument("--rounds-c1", type=int, default=ROUNDS[1], help="rounds (turns) of each c=1 cell")
     args = ap.parse_args()
+    CONCURRENCY = tuple(int(c) for c in args.concurrency.split(",") if c)
+    SUSTAIN_C = tuple(int(c) for c in args.sustain.split(",") if c)
+    ROUNDS = {c: args.rounds_c1 if c == 1 else ROUNDS.get(c, 3) for c in CONCURRENCY}
     if args.quick:
         CONCURRENCY, ROUNDS, CLIENT_PROCS = (1, 4), {1: 1, 4: 1}, 2
         SUSTAIN_C, SUSTAIN_S, SUSTAIN_WARM_S = (4,), 2.0, 0.5
@@ -778,6 +898,12 @@ def main() -> None:
         return
     if not args.model:
         sys.exit("--model is required")
+    # The abort probe (vllm_abort_probe.py) runs in vLLM's engine core: a process
+    # of its own, which finds the module on PYTHONPATH and writes where this says.
+    here = str(Path(__file__).resolve().parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+    os.environ["YAP_ABORT_PROBE_FILE"] = probe_file(args)
+    Path(probe_file(args)).unlink(missing_ok=True)
     run = {"raw": raw_phase, "ws": ws_phase, "both": both_phase}[args.phase]
     result = asyncio.run(run(args))
     Path(args.out).write_text(json.dumps(result, indent=1))

@@ -11,7 +11,8 @@
 #   bash gpu/check.sh recv .wh/c4 && bash gpu/check.sh setup && bash gpu/check.sh smoke
 #   bash gpu/check.sh conformance && bash gpu/check.sh protocol
 #   bash gpu/check.sh bench && bash gpu/check.sh bench_si4
-#   WORKERS=4 PIN=3 bash gpu/check.sh bench_both 1b   (raw and ws on one engine core)
+#   WORKERS=4 PIN=3 bash gpu/check.sh bench_both 1b   (raw and ws on one engine core;
+#     BENCH_ARGS="--concurrency 1 --sustain= --rounds-c1 60": only the c=1 cells and the aborts)
 #   bash gpu/check.sh extras
 # (Files land in $OUT, which the device tool sets and empties before each command.)
 # Each step writes STEP.log (and JSON/markdown where it has figures) under $OUT.
@@ -99,11 +100,11 @@ bench_both)
   size="${1:-1b}"; SI="${SI:-1}"; W="${WORKERS:-1}"; RES=/tmp/res/$size-si$SI; mkdir -p "$RES"
   log "benchmark ($size): raw and WebSocket on one engine core, $W worker(s)"
   python3 benchmarks/vllm_bench.py both --model "$WH/models/llama-$size" --load-format dummy --stream-interval "$SI" \
-    --workers "$W" --pin-engine "${PIN:-0}" ${QUICK:+--quick} --out "$RES/bench_both_w$W.json" > "$RES/bench_both_w$W.log" 2>&1
+    --workers "$W" --pin-engine "${PIN:-0}" ${QUICK:+--quick} ${BENCH_ARGS:-} --out "$RES/bench_both_w$W.json" > "$RES/bench_both_w$W.log" 2>&1
   rc=$?; grep -a "^\[raw\]\|^\[ws\]\|Error\|Traceback" "$RES/bench_both_w$W.log" | cut -c1-300 | tail -30
   python3 benchmarks/vllm_bench.py report "$RES/bench_both_w$W.json" --out "$RES/bench_both_w$W.md" >/dev/null || rc=1
   cp "$RES"/bench_both_w$W.json "$RES"/bench_both_w$W.md "$OUT"/ 2>/dev/null
-  (cd "$RES" && tar czf "$OUT/bench_both_logs_$size-si$SI-w$W.tgz" bench_both_w$W.log bench_both_w$W.server.log 2>/dev/null)
+  (cd "$RES" && tar czf "$OUT/bench_both_logs_$size-si$SI-w$W.tgz" bench_both_w$W.log bench_both_w$W.server.log bench_both_w$W.aborts 2>/dev/null)
   exit $rc;;
 bench_si4)
   # The WebSocket path again with STREAM_INTERVAL=4 (vLLM streams every 4th token):

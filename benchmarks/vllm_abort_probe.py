@@ -1,0 +1,41 @@
+"""A measuring instrument for vllm_bench.py, loaded inside vLLM's engine core.
+
+"Abort within 5 ms" means the request is gone from vLLM's scheduler. What a
+client can see of that comes late: the scheduler's counts travel with the
+outputs of the *next* step, one whole decode step (about 6 ms on an 8B model)
+after the abort took effect. This scheduler is vLLM's own (``AsyncScheduler``,
+the one vLLM picks with async scheduling on, its default) plus one line per
+aborted request: the moment ``finish_requests`` dropped it, on the host's
+monotonic clock (the clock ``time.perf_counter`` reads in the benchmark), in
+the file named by ``YAP_ABORT_PROBE_FILE``. vllm_bench passes it as
+``scheduler_cls="vllm_abort_probe.AbortProbeScheduler"``; the benchmarks
+folder is on the engine core's ``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.request import RequestStatus
+
+PROBE_ENV = "YAP_ABORT_PROBE_FILE"  # vllm_bench.py sets it (and reads the file: probe_ms)
+
+
+class AbortProbeScheduler(AsyncScheduler):
+    def finish_requests(self, request_ids: str | Iterable[str] | None, finished_status: RequestStatus) -> Any:
+        if finished_status != RequestStatus.FINISHED_ABORTED or request_ids is None:
+            return super().finish_requests(request_ids, finished_status)
+        ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
+        live = [i for i in ids if (r := self.requests.get(i)) is not None and not r.is_finished()]
+        result = super().finish_requests(ids, finished_status)
+        now = time.perf_counter()  # CLOCK_MONOTONIC: the same clock in every process
+        path = os.environ.get(PROBE_ENV)
+        if path and live:
+            with open(path, "a") as f:
+                f.writelines(f"{i} {now:.6f}\n" for i in live)
+        return result
+
