@@ -630,8 +630,13 @@ async def ws_measure(front: Front, args: argparse.Namespace, start_s: float) -> 
         await http_get_async(front.base_url + "/status", headers)
         status_ms.append((time.perf_counter() - t) * 1e3)
     rng = random.Random(6)
-    for i in range(2 * ABORTS_ON_TOKEN):
-        system, user = session_texts(5000 + i, 1)[0]
+    i, attempt = 0, 0
+    while i < 2 * ABORTS_ON_TOKEN:
+        # Random weights may sample the end token early (the wire has no
+        # ignore_eos): such a victim ends before its cancel; the next prompt is tried.
+        attempt += 1
+        assert attempt <= 4 * ABORTS_ON_TOKEN, "too many victims ended before 10 tokens"
+        system, user = session_texts(5000 + attempt, 1)[0]
         async with await YapConnection.open(front.ws_url, API_KEY) as conn:
             sid, rid = uuid.uuid4().hex, uuid.uuid4().hex
             await conn.send("start", sid, rid, {"chat_prompt": system, "user_utterance": user, "sampling": sampling})
@@ -640,8 +645,13 @@ async def ws_measure(front: Front, args: argparse.Namespace, start_s: float) -> 
                 frame = await conn.recv(60)
                 if frame.type == "token":
                     tokens += 1
-                assert frame.type not in ("done", "error"), frame
-            if i >= ABORTS_ON_TOKEN:  # a barge-in at a random moment (token frames queue meanwhile)
+                assert frame.type != "error", frame
+                if frame.type == "done":
+                    break
+            if tokens < 10:
+                continue
+            i += 1
+            if i > ABORTS_ON_TOKEN:  # a barge-in at a random moment (token frames queue meanwhile)
                 await asyncio.sleep(rng.uniform(0, ABORT_JITTER_S))
             t_cancel = await conn.send("cancel", sid, None, {"reason": "bench"})
             cancels.append((rid, t_cancel))
@@ -649,6 +659,10 @@ async def ws_measure(front: Front, args: argparse.Namespace, start_s: float) -> 
                 frame = await conn.recv(10)
                 if frame.type == "cancelled":
                     to_cancelled.append((time.perf_counter() - t_cancel) * 1e3)
+                    break
+                if frame.type in ("done", "error"):  # it ended on its own just before the cancel
+                    cancels.pop()
+                    i -= 1
                     break
             while len(front.procs) == 1:  # with workers, /status answers for whichever worker takes the GET
                 body = (await http_get_async(front.base_url + "/status", headers)).body
@@ -736,9 +750,10 @@ async def both_phase(args: argparse.Namespace) -> dict[str, Any]:
         raw = vllm_engine(args)
         raw.attach(share.attachments[0])
         await raw.start(lambda line: print(f"[raw] {line}", flush=True))
-        raw_result = await raw_measure(raw, args, time.perf_counter() - t0)
         base = f"http://{host}:{port}"
         healthy = 0
+        # Every worker up before anything is measured: workers starting (imports,
+        # tokenizer, their warm-up requests) take CPU and engine steps from the raw side.
         while healthy < 20:  # consecutive 200s: new connections land on every worker
             assert not ready_error, ready_error
             assert all(w.poll() is None for w in workers), "a worker exited; see " + str(log_path)
@@ -747,6 +762,7 @@ async def both_phase(args: argparse.Namespace) -> dict[str, Any]:
             except OSError:
                 healthy = 0
             await asyncio.sleep(0.05 if healthy else 0.5)
+        raw_result = await raw_measure(raw, args, time.perf_counter() - t0)
         front = Front(f"ws://{host}:{port}/ws", base, [psutil.Process(w.pid) for w in workers], log_path, SHARED_SALT)
         ws_result = await ws_measure(front, args, time.perf_counter() - t0)
         await raw.close()
