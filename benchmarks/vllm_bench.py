@@ -21,7 +21,9 @@ SUSTAIN_S seconds (a fixed system prompt per session, prefix-cached after its
 first turn, a new utterance each turn), as a busy deployment does; output
 tokens/s over that window (each turn's tokens spread evenly over its
 first-to-last-token time, cut to the window) and the turns' TTFT. No
-synchronised burst: the throughput figure the targets are judged on.
+synchronised burst: the throughput figure the targets are judged on. With
+``both``, two windows a side, in the order raw, ws, ws, raw (a drift of the
+engine's speed over the minutes of a run weighs on both sides alike).
 
 Workloads: concurrency 1, 16, 64 (sessions at once), each "cold" (a fresh
 ~600-token system prompt per session) and "warm" (the session's prefix is
@@ -140,12 +142,6 @@ def window_tokens(turns: list[tuple[float, float | None, float, int]], w0: float
     return total
 
 
-def sustained_summary(turns: list[tuple[float, float | None, float, int]], w0: float, w1: float) -> dict[str, Any]:
-    ttft = [(first - sent) * 1e3 for sent, first, _e, _n in turns if first is not None and w0 <= sent <= w1]
-    return {"out_tok_s": _r(window_tokens(turns, w0, w1) / (w1 - w0)), "turns_in_window": len(ttft),
-            "ttft_ms_p50": _r(pct(ttft, 0.5)), "ttft_ms_p90": _r(pct(ttft, 0.9))}  # fmt: skip
-
-
 def pct(xs: list[float], q: float) -> float | None:
     """The q-quantile (0..1) of xs, None when there are none."""
     return percentile(sorted(xs), q * 100) if xs else None
@@ -242,24 +238,79 @@ async def raw_phase(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-async def raw_measure(engine: Any, args: argparse.Namespace, start_s: float) -> dict[str, Any]:
-    """Raw AsyncLLM (and the plugin's stream()) on a started engine."""
+Window = tuple[list[tuple[float, float | None, float, int]], float, float, float]  # turns, w0, w1, CPU cores
+
+
+async def raw_sustained(engine: Any, builder: Any, params: Any, c: int, window: int = 0) -> Window:
+    """One sustained window on raw AsyncLLM: c sessions (prefix prefilled) run
+    turns back to back; ``window`` picks utterances no earlier window used."""
     from vllm.inputs import tokens_input
+
+    llm = engine.async_llm
+    systems = [s for s, _ in session_texts(200_000 + c, c)]
+    await asyncio.gather(*[engine.prefill(builder.prefix(s, [])) for s in systems])
+    w0 = time.time() + SUSTAIN_WARM_S
+    w1 = w0 + SUSTAIN_S
+    turns: list[tuple[float, float | None, float, int]] = []
+
+    async def session_loop(i: int, system: str) -> None:
+        k = window * 10_000
+        while time.time() < w1:
+            ids = builder.render(system, [], sustained_turn_texts(i, k), MAX_TOKENS).token_ids
+            k += 1
+            sent, first, n = time.time(), None, 0
+            async for out in llm.generate(tokens_input(list(ids)), params, uuid.uuid4().hex):
+                got = len(out.outputs[0].token_ids)
+                if got and first is None:
+                    first = time.time()
+                n += got
+            turns.append((sent, first, time.time(), n))
+
+    cpu0 = time.process_time()
+    await asyncio.gather(*[session_loop(i, s) for i, s in enumerate(systems)])
+    return turns, w0, w1, (time.process_time() - cpu0) / (time.time() - w0 + SUSTAIN_WARM_S)
+
+
+def summarize_windows(windows: list[Window], cpu_key: str = "frontend_cpu_cores") -> dict[str, Any]:
+    """Sustained figures over one or more windows of one side: tokens and time
+    summed over the windows, TTFT over all their turns, each window's own rate kept."""
+    tokens = sum(window_tokens(turns, w0, w1) for turns, w0, w1, _ in windows)
+    seconds = sum(w1 - w0 for _, w0, w1, _ in windows)
+    ttft = [(first - sent) * 1e3 for turns, w0, w1, _ in windows for sent, first, _e, _n in turns
+            if first is not None and w0 <= sent <= w1]  # fmt: skip
+    return {"out_tok_s": _r(tokens / seconds), "turns_in_window": len(ttft), "ttft_ms_p50": _r(pct(ttft, 0.5)),
+            "ttft_ms_p90": _r(pct(ttft, 0.9)), cpu_key: _r(statistics.mean(w[3] for w in windows)),
+            "windows_out_tok_s": [_r(window_tokens(t, w0, w1) / (w1 - w0)) for t, w0, w1, _ in windows]}  # fmt: skip
+
+
+def prompt_tools(engine: Any, args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The core's PromptBuilder, the banned-phrase bias as Sampling, and the
+    same as vLLM SamplingParams: the server's requests, built the server's way."""
     from vllm.sampling_params import RequestOutputKind, SamplingParams
     from yap_core.banned import load_phrases, logit_bias
-    from yap_core.contracts import GenerationRequest, Sampling
+    from yap_core.contracts import Sampling
     from yap_core.prompts import Personas, PromptBuilder
     from yap_core.settings import Config, CoreSettings
 
     core = Config(env={**os.environ, **engine_env(args)}, toml={}).section("core", CoreSettings)
+    builder = PromptBuilder(engine.tokenizer, core, engine.max_model_len, Personas.load(core.personas_file))
+    bias = logit_bias(engine.tokenizer, load_phrases(core.banned_phrases_file))
+    params = SamplingParams(**{k: (0 if k == "top_k" else v) for k, v in SAMPLING.items()}, logit_bias=bias or None,
+                            output_kind=RequestOutputKind.DELTA)  # fmt: skip
+    return builder, Sampling(**SAMPLING, logit_bias=bias), params
+
+
+async def raw_measure(engine: Any, args: argparse.Namespace, start_s: float, *, sustain: bool = True) -> dict[str, Any]:
+    """Raw AsyncLLM (and the plugin's stream()) on a started engine. sustain:
+    also the sustained cells (``both`` runs them itself, between the ws side's)."""
+    from vllm.inputs import tokens_input
+    from vllm.sampling_params import RequestOutputKind, SamplingParams
+    from yap_core.contracts import GenerationRequest
+
     result: dict[str, Any] = {"engine_start_s": round(start_s, 1), "vllm": engine.version,
                               "quantization": engine.quant_plan.reason, "engine_kwargs": engine.engine_kwargs_used}  # fmt: skip
     llm = engine.async_llm
-    builder = PromptBuilder(engine.tokenizer, core, engine.max_model_len, Personas.load(core.personas_file))
-    bias = logit_bias(engine.tokenizer, load_phrases(core.banned_phrases_file))
-    sampling = Sampling(**SAMPLING, logit_bias=bias)
-    params = SamplingParams(**{k: (0 if k == "top_k" else v) for k, v in SAMPLING.items()}, logit_bias=bias or None,
-                            output_kind=RequestOutputKind.DELTA)  # fmt: skip
+    builder, sampling, params = prompt_tools(engine, args)
 
     async def one_raw(ids: tuple[int, ...]) -> dict[str, float]:
         t = time.perf_counter()
@@ -307,33 +358,11 @@ async def raw_measure(engine: Any, args: argparse.Namespace, start_s: float) -> 
                 result[key]["frontend_cpu_cores"] = _r(statistics.median(cpus))
                 print(f"[raw] {key}: {result[key]}", flush=True)
 
-    # sustained: sessions running turns back to back (see the module docstring)
-    for c in SUSTAIN_C:
-        systems = [s for s, _ in session_texts(200_000 + c, c)]
-        await asyncio.gather(*[engine.prefill(builder.prefix(s, [])) for s in systems])
-        w0 = time.time() + SUSTAIN_WARM_S
-        w1 = w0 + SUSTAIN_S
-        turns: list[tuple[float, float | None, float, int]] = []
-
-        async def session_loop(i: int, system: str, w1: float = w1, turns: list = turns) -> None:
-            k = 0
-            while time.time() < w1:
-                ids = builder.render(system, [], sustained_turn_texts(i, k), MAX_TOKENS).token_ids
-                k += 1
-                sent, first, n = time.time(), None, 0
-                async for out in llm.generate(tokens_input(list(ids)), params, uuid.uuid4().hex):
-                    got = len(out.outputs[0].token_ids)
-                    if got and first is None:
-                        first = time.time()
-                    n += got
-                turns.append((sent, first, time.time(), n))
-
-        cpu0 = time.process_time()
-        await asyncio.gather(*[session_loop(i, s) for i, s in enumerate(systems)])
-        key = f"raw/sustained/c{c}"
-        result[key] = sustained_summary(turns, w0, w1) | {
-            "frontend_cpu_cores": _r((time.process_time() - cpu0) / (time.time() - w0 + SUSTAIN_WARM_S))}
-        print(f"[raw] {key}: {result[key]}", flush=True)
+    if sustain:  # sustained: sessions running turns back to back (see the module docstring)
+        for c in SUSTAIN_C:
+            key = f"raw/sustained/c{c}"
+            result[key] = summarize_windows([await raw_sustained(engine, builder, params, c)])
+            print(f"[raw] {key}: {result[key]}", flush=True)
 
     # What the server does before a cold turn reaches the engine, measured here on
     # the same prompts: count the system prompt's tokens, render + tokenize the turn.
@@ -474,11 +503,11 @@ async def _ws_worker(url: str, pairs: list[tuple[str, str]], warm: bool, start_a
             await conn.close()
 
 
-def ws_sustain_worker(url: str, sessions: list[tuple[int, str]], w1: float) -> list[tuple[float, float | None, float, int]]:
-    return asyncio.run(_ws_sustain_worker(url, sessions, w1))
+def ws_sustain_worker(url: str, sessions: list[tuple[int, str]], w1: float, window: int) -> list[tuple[float, float | None, float, int]]:
+    return asyncio.run(_ws_sustain_worker(url, sessions, w1, window))
 
 
-async def _ws_sustain_worker(url: str, sessions: list[tuple[int, str]], w1: float) -> list[tuple[float, float | None, float, int]]:
+async def _ws_sustain_worker(url: str, sessions: list[tuple[int, str]], w1: float, window: int) -> list[tuple[float, float | None, float, int]]:
     from yap_core.wsclient import YapConnection
 
     turns: list[tuple[float, float | None, float, int]] = []
@@ -489,7 +518,7 @@ async def _ws_sustain_worker(url: str, sessions: list[tuple[int, str]], w1: floa
         try:
             ready = await conn.turn("start", sid, {"chat_prompt": system, "sampling": dict(SAMPLING)}, wait_s=120)
             assert ready.end == "ready", ready.end
-            k = 0
+            k = window * 10_000
             while time.time() < w1:
                 sent = time.time()
                 turn = await conn.turn("start", sid, {"chat_prompt": system, "user_utterance": sustained_turn_texts(i, k),
@@ -533,10 +562,29 @@ async def ws_phase(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-async def ws_measure(front: Front, args: argparse.Namespace, start_s: float) -> dict[str, Any]:
+def client_pool() -> Any:
+    """The benchmark's WebSocket client processes (spawned: no inherited event loop)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    return ProcessPoolExecutor(max_workers=CLIENT_PROCS, mp_context=multiprocessing.get_context("spawn"))
+
+
+async def ws_sustained(front: Front, pool: Any, c: int, window: int = 0) -> Window:
+    """One sustained window through the WebSocket path: c sessions, spread over
+    the client processes, run turns back to back (utterances as raw_sustained's)."""
+    loop = asyncio.get_running_loop()
+    systems = [(i + front.salt, s) for i, (s, _) in enumerate(session_texts(200_000 + c + front.salt, c))]
+    procs = min(CLIENT_PROCS, c)
+    w0 = time.time() + SUSTAIN_WARM_S
+    w1 = w0 + SUSTAIN_S
+    cpu0 = front.cpu()
+    parts = await asyncio.gather(*[loop.run_in_executor(pool, ws_sustain_worker, front.ws_url, systems[i::procs], w1, window)
+                                   for i in range(procs)])  # fmt: skip
+    return [t for part in parts for t in part], w0, w1, (front.cpu() - cpu0) / (time.time() - w0 + SUSTAIN_WARM_S)
+
+
+async def ws_measure(front: Front, args: argparse.Namespace, start_s: float, *, sustain: bool = True) -> dict[str, Any]:
     from yap_core.server_process import http_get_async
     from yap_core.wsclient import YapConnection
 
@@ -547,7 +595,7 @@ async def ws_measure(front: Front, args: argparse.Namespace, start_s: float) -> 
     front_cpu = front.cpu
 
     loop = asyncio.get_running_loop()
-    pool = ProcessPoolExecutor(max_workers=CLIENT_PROCS, mp_context=multiprocessing.get_context("spawn"))
+    pool = client_pool()
 
     def timings() -> dict[str, dict[str, Any]]:
         """The server's TURN_TIMING_LOG lines so far, by request_id."""
@@ -607,18 +655,9 @@ async def ws_measure(front: Front, args: argparse.Namespace, start_s: float) -> 
             result[key] = summarize(samples, walls, tokens)
             result[key]["server_main_cpu_cores"] = _r(statistics.median(cpus))
             print(f"[ws] {key}: {result[key]}", flush=True)
-    for c in SUSTAIN_C:
-        systems = [(i + front.salt, s) for i, (s, _) in enumerate(session_texts(200_000 + c + front.salt, c))]
-        procs = min(CLIENT_PROCS, c)
-        w0 = time.time() + SUSTAIN_WARM_S
-        w1 = w0 + SUSTAIN_S
-        cpu0 = front_cpu()
-        parts = await asyncio.gather(*[loop.run_in_executor(pool, ws_sustain_worker, front.ws_url, systems[i::procs], w1)
-                                       for i in range(procs)])  # fmt: skip
-        turns = [t for part in parts for t in part]
+    for c in SUSTAIN_C if sustain else ():
         key = f"ws/sustained/c{c}"
-        result[key] = sustained_summary(turns, w0, w1) | {
-            "server_main_cpu_cores": _r((front_cpu() - cpu0) / (time.time() - w0 + SUSTAIN_WARM_S))}
+        result[key] = summarize_windows([await ws_sustained(front, pool, c)], "server_main_cpu_cores")
         print(f"[ws] {key}: {result[key]}", flush=True)
     pool.shutdown()
 
@@ -702,6 +741,31 @@ def cpu_split(physical: int) -> tuple[set[int], set[int]]:
     return engine, set(cpus) - engine
 
 
+async def interleaved_sustained(raw: Any, front: Front, args: argparse.Namespace,
+                                raw_result: dict[str, Any], ws_result: dict[str, Any]) -> None:  # fmt: skip
+    """The sustained cells of both sides, two windows each in the order raw,
+    ws, ws, raw. The engine's speed drifts by several per cent over minutes
+    on the GPU machine (gpu-results.md, run 7); with one window a side, that
+    drift was what the comparison measured. In this order a steady drift
+    weighs on both sides alike."""
+    builder, _sampling, params = prompt_tools(raw, args)
+    pool = client_pool()
+    try:
+        for c in SUSTAIN_C:
+            windows: dict[str, list[Window]] = {"raw": [], "ws": []}
+            for k, side in enumerate(("raw", "ws", "ws", "raw")):
+                if side == "raw":
+                    windows[side].append(await raw_sustained(raw, builder, params, c, window=k))
+                else:
+                    windows[side].append(await ws_sustained(front, pool, c, window=k))
+            raw_result[f"raw/sustained/c{c}"] = summarize_windows(windows["raw"])
+            ws_result[f"ws/sustained/c{c}"] = summarize_windows(windows["ws"], "server_main_cpu_cores")
+            print(f"[both] sustained c={c}: raw {raw_result[f'raw/sustained/c{c}']}; ws {ws_result[f'ws/sustained/c{c}']}",
+                  flush=True)  # fmt: skip
+    finally:
+        pool.shutdown()
+
+
 async def both_phase(args: argparse.Namespace) -> dict[str, Any]:
     """Raw AsyncLLM and the WebSocket path on ONE engine core, one after the
     other: the bench launches the engine core as the SERVER_WORKERS supervisor
@@ -762,9 +826,10 @@ async def both_phase(args: argparse.Namespace) -> dict[str, Any]:
             except OSError:
                 healthy = 0
             await asyncio.sleep(0.05 if healthy else 0.5)
-        raw_result = await raw_measure(raw, args, time.perf_counter() - t0)
+        raw_result = await raw_measure(raw, args, time.perf_counter() - t0, sustain=False)
         front = Front(f"ws://{host}:{port}/ws", base, [psutil.Process(w.pid) for w in workers], log_path, SHARED_SALT)
-        ws_result = await ws_measure(front, args, time.perf_counter() - t0)
+        ws_result = await ws_measure(front, args, time.perf_counter() - t0, sustain=False)
+        await interleaved_sustained(raw, front, args, raw_result, ws_result)
         await raw.close()
         method = f"one engine core: raw AsyncLLM is client 1 of {n + 1}, the WebSocket path {n} worker process(es)"
         if engine_cpus:
@@ -780,6 +845,15 @@ async def both_phase(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- report
+
+
+def windows_order(raw: list[float] | None, ws: list[float] | None) -> str:
+    """Each window's rate in the order they ran (raw, ws, ws, raw with two of each)."""
+    if not raw or not ws:
+        return ""
+    if len(raw) == len(ws) == 2:
+        return f"{raw[0]}, {ws[0]}, {ws[1]}, {raw[1]}"
+    return f"raw {', '.join(map(str, raw))}; ws {', '.join(map(str, ws))}"
 
 
 def report(raw: dict[str, Any], ws: dict[str, Any]) -> str:
@@ -808,15 +882,17 @@ def report(raw: dict[str, Any], ws: dict[str, Any]) -> str:
                 checks.append((f"c={c} {warm}: throughput lost {loss * 100:.1f}% (target <= 2%)", loss <= 0.02))
     lines += ["", f"Sustained: each session runs turns back to back for {SUSTAIN_S:g} s (after {SUSTAIN_WARM_S:g} s), "
               "prefix cached; output tokens/s in the window and TTFT of the turns sent in it.", "",
-              "| sessions | raw tok/s | WS tok/s | WS vs raw | raw TTFT p50 ms | WS TTFT p50 ms | raw turns | WS turns |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| sessions | raw tok/s | WS tok/s | WS vs raw | raw TTFT p50 ms | WS TTFT p50 ms | raw turns | WS turns "
+              "| windows in order (raw, ws, ws, raw with `both`), tok/s |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for c in SUSTAIN_C:
         r, s = raw.get(f"raw/sustained/c{c}"), ws.get(f"ws/sustained/c{c}")
         if not r or not s:
             continue
         loss = 1 - s["out_tok_s"] / r["out_tok_s"] if r["out_tok_s"] else None
         lines.append(f"| {c} | {r['out_tok_s']} | {s['out_tok_s']} | {'' if loss is None else f'{-loss * 100:+.1f}%'} | "
-                     f"{r['ttft_ms_p50']} | {s['ttft_ms_p50']} | {r['turns_in_window']} | {s['turns_in_window']} |")  # fmt: skip
+                     f"{r['ttft_ms_p50']} | {s['ttft_ms_p50']} | {r['turns_in_window']} | {s['turns_in_window']} | "
+                     f"{windows_order(r.get('windows_out_tok_s'), s.get('windows_out_tok_s'))} |")  # fmt: skip
         if loss is not None:
             checks.append((f"sustained c={c}: throughput lost {loss * 100:.1f}% (target <= 2%)", loss <= 0.02))
     lines += ["", "Where the WebSocket path's TTFT goes (p50 ms; server figures from `done.usage.ttft_ms` and "
