@@ -5,7 +5,8 @@ responder either blocks in read() (parked, as an idle server worker waits in
 epoll) or polls without blocking (spinning), and the pinger either sends back
 to back or sleeps 50 ms before each ping (a turn after silence). Prints the
 round trip's p50/p90 for each, then the host's cpuidle driver and C-states.
-docs/gpu-results.md (run 7) compares the GPU machine and the dev box.
+docs/gpu-results.md (run 7) has the dev box's figures; it has not yet run on
+the GPU machine (the session's device time was spent).
 
     python3 benchmarks/host_wake.py
 """
