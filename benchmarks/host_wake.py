@@ -13,6 +13,7 @@ the GPU machine (the session's device time was spent).
 
 import glob
 import os
+import sys
 import time
 
 CPUS = sorted(os.sched_getaffinity(0))
@@ -77,3 +78,30 @@ print("cpuidle driver:", rd("/sys/devices/system/cpu/cpuidle/current_driver"), "
 for d in sorted(glob.glob(f"/sys/devices/system/cpu/cpu{A}/cpuidle/state*")):
     print(" ", rd(d+"/name"), "latency us", rd(d+"/latency"), "disabled", rd(d+"/disable"))
 print("cpufreq governor:", rd(f"/sys/devices/system/cpu/cpu{A}/cpufreq/scaling_governor"), "hypervisor:", "hypervisor" in rd("/proc/cpuinfo"))
+
+
+def encode_after(tok, pause: str, n: int = 40) -> tuple[float, float]:
+    """One encode's p50/p90 (us) after each pause: none, sleeping or spinning 50 ms."""
+    text = "Could you tell me what the weather will be like tomorrow afternoon, and do I need an umbrella"
+    ts = []
+    for i in range(n):
+        if pause == "sleep":
+            time.sleep(0.05)
+        elif pause == "spin":
+            end = time.perf_counter() + 0.05
+            while time.perf_counter() < end:
+                pass
+        t = time.perf_counter()
+        tok.encode(f"{text} {i}?", add_special_tokens=False)
+        ts.append((time.perf_counter() - t) * 1e6)
+    ts.sort()
+    return round(ts[len(ts)//2], 1), round(ts[int(len(ts)*0.9)], 1)
+
+
+if len(sys.argv) > 1:
+    from tokenizers import Tokenizer
+
+    os.sched_setaffinity(0, {B})
+    tok = Tokenizer.from_file(os.path.join(sys.argv[1], "tokenizer.json"))
+    for pause in ("none", "none", "sleep", "spin"):
+        print(f"tokenizer encode after pause {pause:5}: p50/p90 us", encode_after(tok, pause))
