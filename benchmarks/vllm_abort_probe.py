@@ -10,6 +10,11 @@ monotonic clock (the clock ``time.perf_counter`` reads in the benchmark), in
 the file named by ``YAP_ABORT_PROBE_FILE``. vllm_bench passes it as
 ``scheduler_cls="vllm_abort_probe.AbortProbeScheduler"``; the benchmarks
 folder is on the engine core's ``PYTHONPATH``.
+
+It also keeps a line per scheduler step in ``<that file>.steps`` (wall-clock
+time, requests and tokens scheduled), so that a sustained window can be read
+as steps per second times requests per step: a slower engine, or one the
+front end keeps less busy.
 """
 
 from __future__ import annotations
@@ -26,6 +31,24 @@ PROBE_ENV = "YAP_ABORT_PROBE_FILE"  # vllm_bench.py sets it (and reads the file:
 
 
 class AbortProbeScheduler(AsyncScheduler):
+    _steps: list[str] | None = None
+    _flushed = 0.0
+
+    def schedule(self, *args: Any, **kwargs: Any) -> Any:
+        out = super().schedule(*args, **kwargs)
+        path = os.environ.get(PROBE_ENV)
+        if path and out.num_scheduled_tokens:
+            if self._steps is None:
+                self._steps = []
+            now = time.time()
+            self._steps.append(f"{now:.6f} {len(out.num_scheduled_tokens)} {out.total_num_scheduled_tokens}\n")
+            if now - self._flushed >= 0.2:  # a window's turns run past its end: its steps reach the file
+                with open(path + ".steps", "a") as f:
+                    f.writelines(self._steps)
+                self._steps.clear()
+                self._flushed = now
+        return out
+
     def finish_requests(self, request_ids: str | Iterable[str] | None, finished_status: RequestStatus) -> Any:
         if finished_status != RequestStatus.FINISHED_ABORTED or request_ids is None:
             return super().finish_requests(request_ids, finished_status)

@@ -63,6 +63,7 @@ ROUNDS = {1: 20, 16: 5, 64: 3}  # c=1 gets many rounds: its p50 is compared to w
 SUSTAIN_C = (16, 64)
 SUSTAIN_WARM_S = 3.0  # turns run this long before the measured window opens
 SUSTAIN_S = 10.0
+SUSTAIN_BLOCKS = 1  # `both`: the raw, ws, ws, raw block of sustained windows, this many times
 MAX_TOKENS = 150
 # Before each round both sides sit idle this long (the WebSocket side needs it to
 # start its client processes together; raw waits as long, so that each side's
@@ -271,16 +272,35 @@ async def raw_sustained(engine: Any, builder: Any, params: Any, c: int, window: 
     return turns, w0, w1, (time.process_time() - cpu0) / (time.time() - w0 + SUSTAIN_WARM_S)
 
 
-def summarize_windows(windows: list[Window], cpu_key: str = "frontend_cpu_cores") -> dict[str, Any]:
+def summarize_windows(windows: list[Window], cpu_key: str = "frontend_cpu_cores", steps_path: str | None = None) -> dict[str, Any]:
     """Sustained figures over one or more windows of one side: tokens and time
-    summed over the windows, TTFT over all their turns, each window's own rate kept."""
+    summed over the windows, TTFT over all their turns, each window's own rate
+    kept, and (with the probe's step file) each window's engine steps per
+    second and requests per step."""
     tokens = sum(window_tokens(turns, w0, w1) for turns, w0, w1, _ in windows)
     seconds = sum(w1 - w0 for _, w0, w1, _ in windows)
     ttft = [(first - sent) * 1e3 for turns, w0, w1, _ in windows for sent, first, _e, _n in turns
             if first is not None and w0 <= sent <= w1]  # fmt: skip
-    return {"out_tok_s": _r(tokens / seconds), "turns_in_window": len(ttft), "ttft_ms_p50": _r(pct(ttft, 0.5)),
-            "ttft_ms_p90": _r(pct(ttft, 0.9)), cpu_key: _r(statistics.mean(w[3] for w in windows)),
-            "windows_out_tok_s": [_r(window_tokens(t, w0, w1) / (w1 - w0)) for t, w0, w1, _ in windows]}  # fmt: skip
+    out = {"out_tok_s": _r(tokens / seconds), "turns_in_window": len(ttft), "ttft_ms_p50": _r(pct(ttft, 0.5)),
+           "ttft_ms_p90": _r(pct(ttft, 0.9)), cpu_key: _r(statistics.mean(w[3] for w in windows)),
+           "windows_out_tok_s": [_r(window_tokens(t, w0, w1) / (w1 - w0)) for t, w0, w1, _ in windows]}  # fmt: skip
+    steps = read_steps(steps_path)
+    if steps:
+        inside = [[(n, k) for at, n, k in steps if w0 <= at <= w1] for _t, w0, w1, _ in windows]
+        out["windows_steps_per_s"] = [_r(len(st) / (w1 - w0)) for st, (_t, w0, w1, _c) in zip(inside, windows, strict=True)]
+        out["windows_requests_per_step"] = [_r(statistics.mean(n for n, _ in st)) if st else None for st in inside]
+    return out
+
+
+def read_steps(path: str | None) -> list[tuple[float, int, int]]:
+    """The abort probe's step lines (vllm_abort_probe.py): time, requests, tokens."""
+    if path is None or not Path(path).exists():
+        return []
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        at, n, k = line.split()
+        rows.append((float(at), int(n), int(k)))
+    return rows
 
 
 def prompt_tools(engine: Any, args: argparse.Namespace) -> tuple[Any, Any, Any]:
@@ -782,7 +802,7 @@ def cpu_split(physical: int) -> tuple[set[int], set[int]]:
 async def interleaved_sustained(raw: Any, front: Front, args: argparse.Namespace,
                                 raw_result: dict[str, Any], ws_result: dict[str, Any]) -> None:  # fmt: skip
     """The sustained cells of both sides, two windows each in the order raw,
-    ws, ws, raw. The engine's speed drifts by several per cent over minutes
+    ws, ws, raw (that block SUSTAIN_BLOCKS times). The engine's speed drifts by several per cent over minutes
     on the GPU machine (gpu-results.md, run 7); with one window a side, that
     drift was what the comparison measured. In this order a steady drift
     weighs on both sides alike."""
@@ -791,13 +811,14 @@ async def interleaved_sustained(raw: Any, front: Front, args: argparse.Namespace
     try:
         for c in SUSTAIN_C:
             windows: dict[str, list[Window]] = {"raw": [], "ws": []}
-            for k, side in enumerate(("raw", "ws", "ws", "raw")):
+            for k, side in enumerate(("raw", "ws", "ws", "raw") * SUSTAIN_BLOCKS):
                 if side == "raw":
                     windows[side].append(await raw_sustained(raw, builder, params, c, window=k))
                 else:
                     windows[side].append(await ws_sustained(front, pool, c, window=k))
-            raw_result[f"raw/sustained/c{c}"] = summarize_windows(windows["raw"])
-            ws_result[f"ws/sustained/c{c}"] = summarize_windows(windows["ws"], "server_main_cpu_cores")
+            steps = probe_file(args) + ".steps"
+            raw_result[f"raw/sustained/c{c}"] = summarize_windows(windows["raw"], steps_path=steps)
+            ws_result[f"ws/sustained/c{c}"] = summarize_windows(windows["ws"], "server_main_cpu_cores", steps)
             print(f"[both] sustained c={c}: raw {raw_result[f'raw/sustained/c{c}']}; ws {ws_result[f'ws/sustained/c{c}']}",
                   flush=True)  # fmt: skip
     finally:
@@ -894,6 +915,31 @@ def windows_order(raw: list[float] | None, ws: list[float] | None) -> str:
     return f"raw {', '.join(map(str, raw))}; ws {', '.join(map(str, ws))}"
 
 
+def window_lines(raw: dict[str, Any], ws: dict[str, Any]) -> list[str]:
+    """Each sustained window in the order it ran (raw, ws, ws, raw per block),
+    with the engine's steps per second and requests per step in it (the probe's
+    step file), and each block's own ws-vs-raw."""
+    out: list[str] = []
+    for c in SUSTAIN_C:
+        r, s = raw.get(f"raw/sustained/c{c}", {}), ws.get(f"ws/sustained/c{c}", {})
+        rt, st = r.get("windows_out_tok_s") or [], s.get("windows_out_tok_s") or []
+        if not rt or len(rt) != len(st) or len(rt) % 2:
+            continue
+        order = []  # (side, index within side), as interleaved_sustained ran them
+        for b in range(len(rt) // 2):
+            order += [("raw", 2 * b), ("ws", 2 * b), ("ws", 2 * b + 1), ("raw", 2 * b + 1)]
+        out += ["", f"Sustained c={c}, window by window (engine steps from the probe in the engine core):", "",
+                "| # | side | out tok/s | engine steps/s | requests per step |", "|---|---|---|---|---|"]
+        for k, (side, i) in enumerate(order):
+            x = r if side == "raw" else s
+            steps, reqs = (x.get("windows_steps_per_s") or [None] * 99)[i], (x.get("windows_requests_per_step") or [None] * 99)[i]
+            out.append(f"| {k + 1} | {side} | {x['windows_out_tok_s'][i]} | {steps} | {reqs} |")
+        blocks = [1 - (st[2 * b] + st[2 * b + 1]) / (rt[2 * b] + rt[2 * b + 1]) for b in range(len(rt) // 2)]
+        out.append("")
+        out.append("Each block's ws vs raw: " + ", ".join(f"{-x * 100:+.1f}%" for x in blocks))
+    return out
+
+
 def report(raw: dict[str, Any], ws: dict[str, Any]) -> str:
     lines = [
         f"vLLM {raw.get('vllm')}; quantization: {raw.get('quantization')}; engine start {raw.get('engine_start_s')} s, "
@@ -943,6 +989,7 @@ def report(raw: dict[str, Any], ws: dict[str, Any]) -> str:
                      f"{windows_order(r.get('windows_out_tok_s'), s.get('windows_out_tok_s'))} |")  # fmt: skip
         if loss is not None:
             checks.append((f"sustained c={c}: throughput lost {loss * 100:.1f}% (target <= 2%)", loss <= 0.02))
+    lines += window_lines(raw, ws)
     lines += ["", "Where the WebSocket path's TTFT goes (p50 ms; server figures from `done.usage.ttft_ms` and "
               "TURN_TIMING_LOG): client-measured TTFT; the server's own (frame in -> token frame queued); frame in -> "
               "engine called (decode, session, prompt); engine called -> first text from vLLM; first text -> token "
@@ -1002,7 +1049,7 @@ def report(raw: dict[str, Any], ws: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    global CONCURRENCY, ROUNDS, CLIENT_PROCS, SUSTAIN_C, SUSTAIN_S, SUSTAIN_WARM_S
+    global CONCURRENCY, ROUNDS, CLIENT_PROCS, SUSTAIN_C, SUSTAIN_S, SUSTAIN_WARM_S, SUSTAIN_BLOCKS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("phase", choices=["raw", "ws", "both", "report"])
     ap.add_argument("files", nargs="*", help="report: raw.json ws.json, or one both.json")
@@ -1019,7 +1066,10 @@ def main() -> None:
     ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="session counts of the round cells")
     ap.add_argument("--sustain", default=",".join(map(str, SUSTAIN_C)), help="session counts of the sustained cells (--sustain= for none)")
     ap.add_argument("--rounds-c1", type=int, default=ROUNDS[1], help="rounds (turns) of each c=1 cell")
+    ap.add_argument("--sustain-s", type=float, default=SUSTAIN_S, help="seconds of each sustained window")
+    ap.add_argument("--blocks", type=int, default=SUSTAIN_BLOCKS, help="both: raw, ws, ws, raw blocks of sustained windows")
     args = ap.parse_args()
+    SUSTAIN_S, SUSTAIN_BLOCKS = args.sustain_s, args.blocks
     CONCURRENCY = tuple(int(c) for c in args.concurrency.split(",") if c)
     SUSTAIN_C = tuple(int(c) for c in args.sustain.split(",") if c)
     ROUNDS = {c: args.rounds_c1 if c == 1 else ROUNDS.get(c, 3) for c in CONCURRENCY}
@@ -1044,6 +1094,7 @@ def main() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
     os.environ["YAP_ABORT_PROBE_FILE"] = probe_file(args)
     Path(probe_file(args)).unlink(missing_ok=True)
+    Path(probe_file(args) + ".steps").unlink(missing_ok=True)
     run = {"raw": raw_phase, "ws": ws_phase, "both": both_phase}[args.phase]
     result = asyncio.run(run(args))
     Path(args.out).write_text(json.dumps(result, indent=1))
