@@ -906,6 +906,50 @@ async def both_phase(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------- report
 
 
+async def load_phase(args: argparse.Namespace) -> dict[str, Any]:
+    """A control for the sustained cells: raw AsyncLLM alone, in windows with
+    the host quiet and with ``--load-procs`` processes spinning on the CPUs the
+    WebSocket side would use (the engine core pinned as in ``both``). If the
+    engine's steps slow down under load that runs no Yap code at all, what
+    ``both`` measures between its raw and ws windows includes the host's CPU
+    (the benchmark's own clients run on it), not only the server's work."""
+    engine_cpus, other_cpus = cpu_split(args.pin_engine)
+    if engine_cpus:
+        os.sched_setaffinity(0, engine_cpus)
+    launcher = vllm_engine(args)
+    share = launcher.share(1)
+    if engine_cpus:
+        os.sched_setaffinity(0, other_cpus)  # this process and the load
+    try:
+        await asyncio.to_thread(share.wait_ready)
+        raw = vllm_engine(args)
+        raw.attach(share.attachments[0])
+        await raw.start(lambda line: print(f"[load] {line}", flush=True))
+        builder, _sampling, params = prompt_tools(raw, args)
+        spin = "import time\nend = time.time() + float(__import__('sys').argv[1])\nwhile time.time() < end:\n    pass\n"
+        result: dict[str, Any] = {"load_procs": args.load_procs, "engine_cpus": sorted(engine_cpus)}
+        steps = probe_file(args) + ".steps"
+        for c in SUSTAIN_C:
+            await raw_sustained(raw, builder, params, c, window=99)  # the first window of a run is slow: not counted
+            windows: dict[str, list[Window]] = {"quiet": [], "load": []}
+            for k, side in enumerate(("quiet", "load", "load", "quiet") * SUSTAIN_BLOCKS):
+                procs = []
+                if side == "load":
+                    seconds = str(SUSTAIN_WARM_S + SUSTAIN_S + 1.0)
+                    procs = [await asyncio.create_subprocess_exec(sys.executable, "-c", spin, seconds)
+                             for _ in range(args.load_procs)]  # fmt: skip
+                windows[side].append(await raw_sustained(raw, builder, params, c, window=k))
+                for proc in procs:
+                    await proc.wait()
+            for side, ws_ in windows.items():
+                result[f"{side}/sustained/c{c}"] = summarize_windows(ws_, steps_path=steps)
+            print(f"[load] c={c}: {json.dumps({k: v for k, v in result.items() if k.endswith(f'c{c}')})}", flush=True)
+        await raw.close()
+        return result
+    finally:
+        share.close()
+
+
 def windows_order(raw: list[float] | None, ws: list[float] | None) -> str:
     """Each window's rate in the order they ran (raw, ws, ws, raw with two of each)."""
     if not raw or not ws:
@@ -1051,7 +1095,7 @@ def report(raw: dict[str, Any], ws: dict[str, Any]) -> str:
 def main() -> None:
     global CONCURRENCY, ROUNDS, CLIENT_PROCS, SUSTAIN_C, SUSTAIN_S, SUSTAIN_WARM_S, SUSTAIN_BLOCKS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("phase", choices=["raw", "ws", "both", "report"])
+    ap.add_argument("phase", choices=["raw", "ws", "both", "load", "report"])
     ap.add_argument("files", nargs="*", help="report: raw.json ws.json, or one both.json")
     ap.add_argument("--model", help="model folder (config.json + tokenizer) or checkpoint")
     ap.add_argument("--load-format", default="auto", help="dummy: random weights")
@@ -1068,6 +1112,7 @@ def main() -> None:
     ap.add_argument("--rounds-c1", type=int, default=ROUNDS[1], help="rounds (turns) of each c=1 cell")
     ap.add_argument("--sustain-s", type=float, default=SUSTAIN_S, help="seconds of each sustained window")
     ap.add_argument("--blocks", type=int, default=SUSTAIN_BLOCKS, help="both: raw, ws, ws, raw blocks of sustained windows")
+    ap.add_argument("--load-procs", type=int, default=4, help="load: processes spinning in the loaded windows")
     args = ap.parse_args()
     SUSTAIN_S, SUSTAIN_BLOCKS = args.sustain_s, args.blocks
     CONCURRENCY = tuple(int(c) for c in args.concurrency.split(",") if c)
@@ -1095,7 +1140,7 @@ def main() -> None:
     os.environ["YAP_ABORT_PROBE_FILE"] = probe_file(args)
     Path(probe_file(args)).unlink(missing_ok=True)
     Path(probe_file(args) + ".steps").unlink(missing_ok=True)
-    run = {"raw": raw_phase, "ws": ws_phase, "both": both_phase}[args.phase]
+    run = {"raw": raw_phase, "ws": ws_phase, "both": both_phase, "load": load_phase}[args.phase]
     result = asyncio.run(run(args))
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result))
