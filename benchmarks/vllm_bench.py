@@ -810,8 +810,8 @@ async def interleaved_sustained(raw: Any, front: Front, args: argparse.Namespace
     pool = client_pool()
     try:
         for c in SUSTAIN_C:
-            # Run 8 (gpu-results.md): the first window at a new concurrency ran 25-35 % slower
-            # than every later one (it was a raw window each time): one window first, not counted.
+            # Run 8 (gpu-results.md): in two of its three runs the first sustained window ran
+            # about a third slower than every later one: one window first, not counted.
             await raw_sustained(raw, builder, params, c, window=99)
             windows: dict[str, list[Window]] = {"raw": [], "ws": []}
             for k, side in enumerate(("raw", "ws", "ws", "raw") * SUSTAIN_BLOCKS):
