@@ -820,6 +820,7 @@ async def interleaved_sustained(raw: Any, front: Front, args: argparse.Namespace
                 else:
                     windows[side].append(await ws_sustained(front, pool, c, window=k))
             steps = probe_file(args) + ".steps"
+            raw_result["sustain_s"] = SUSTAIN_S  # for the report, which runs apart
             raw_result[f"raw/sustained/c{c}"] = summarize_windows(windows["raw"], steps_path=steps)
             ws_result[f"ws/sustained/c{c}"] = summarize_windows(windows["ws"], "server_main_cpu_cores", steps)
             print(f"[both] sustained c={c}: raw {raw_result[f'raw/sustained/c{c}']}; ws {ws_result[f'ws/sustained/c{c}']}",
@@ -1130,6 +1131,7 @@ def main() -> None:
         # the cells the run measured (a --quick run has others than the defaults)
         CONCURRENCY = tuple(sorted({int(k.split("/")[1][1:]) for k in raw if k.startswith("raw/c")}))
         SUSTAIN_C = tuple(sorted({int(k.rsplit("/c", 1)[1]) for k in raw if k.startswith("raw/sustained/")}))
+        SUSTAIN_S = raw.get("sustain_s", SUSTAIN_S)
         text = report(raw, ws)
         Path(args.out).write_text(text)
         print(text)
