@@ -5,10 +5,12 @@ responder either blocks in read() (parked, as an idle server worker waits in
 epoll) or polls without blocking (spinning), and the pinger either sends back
 to back or sleeps 50 ms before each ping (a turn after silence). Prints the
 round trip's p50/p90 for each, then the host's cpuidle driver and C-states.
-docs/gpu-results.md (run 7) has the dev box's figures; it has not yet run on
-the GPU machine (the session's device time was spent).
+With a tokenizer folder, also one encode of a short utterance back to back and
+after 50 ms of sleeping or of spinning on the same core: the server tokenizes
+each utterance on the turn's path, after such a silence. docs/gpu-results.md
+has the figures: the dev box (run 7) and the H200 (run 8).
 
-    python3 benchmarks/host_wake.py
+    python3 benchmarks/host_wake.py [TOKENIZER_DIR]
 """
 
 import glob

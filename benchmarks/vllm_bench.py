@@ -907,9 +907,6 @@ async def both_phase(args: argparse.Namespace) -> dict[str, Any]:
         log.close()
 
 
-# --------------------------------------------------------------------------- report
-
-
 async def load_phase(args: argparse.Namespace) -> dict[str, Any]:
     """A control for the sustained cells: raw AsyncLLM alone, in windows with
     the host quiet and with ``--load-procs`` processes spinning on the CPUs the
@@ -954,6 +951,9 @@ async def load_phase(args: argparse.Namespace) -> dict[str, Any]:
         share.close()
 
 
+# --------------------------------------------------------------------------- report
+
+
 def windows_order(raw: list[float] | None, ws: list[float] | None) -> str:
     """Each window's rate in the order they ran (raw, ws, ws, raw with two of each)."""
     if not raw or not ws:
@@ -980,7 +980,8 @@ def window_lines(raw: dict[str, Any], ws: dict[str, Any]) -> list[str]:
                 "| # | side | out tok/s | engine steps/s | requests per step |", "|---|---|---|---|---|"]
         for k, (side, i) in enumerate(order):
             x = r if side == "raw" else s
-            steps, reqs = (x.get("windows_steps_per_s") or [None] * 99)[i], (x.get("windows_requests_per_step") or [None] * 99)[i]
+            steps, reqs = x.get("windows_steps_per_s") or [], x.get("windows_requests_per_step") or []
+            steps, reqs = (steps[i] if steps else None), (reqs[i] if reqs else None)  # None: a run without the step log
             out.append(f"| {k + 1} | {side} | {x['windows_out_tok_s'][i]} | {steps} | {reqs} |")
         blocks = [1 - (st[2 * b] + st[2 * b + 1]) / (rt[2 * b] + rt[2 * b + 1]) for b in range(len(rt) // 2)]
         out.append("")
