@@ -129,7 +129,7 @@ class SessionHost:
         return session.last_task
 
     def _launch(self, session: Session, request_id: str | None, spec: TurnSpec, previous: asyncio.Task[None] | None) -> None:
-        turn = Turn(session.id, request_id or str(uuid.uuid4()), self.emit, self.emit_token)
+        turn = Turn(session.id, request_id or str(uuid.uuid4()), self.emit, self.emit_token, self.runtime.telemetry.cancellation)
         runner = TurnRunner(self.runtime, turn, spec, session.system, session.history, session.span)
         session.turn = turn
         task = asyncio.create_task(self._run(runner, previous), name=f"turn-{turn.request_id}")

@@ -47,12 +47,15 @@ class TurnSpec(msgspec.Struct, kw_only=True):
 class Turn:
     """The mutable state of one running turn, owned by its session."""
 
-    def __init__(self, session_id: str, request_id: str, emit: Emit, emit_token: EmitToken) -> None:
+    def __init__(
+        self, session_id: str, request_id: str, emit: Emit, emit_token: EmitToken, on_cancel: Callable[[str], None]
+    ) -> None:
         self.session_id = session_id
         self.request_id = request_id
         self.open = True
         self._emit = emit
         self._emit_token = emit_token
+        self._on_cancel = on_cancel  # counts the cancellation (Telemetry.cancellation)
         self.task: asyncio.Task[None] | None = None
         self.sent: list[str] = []  # token texts queued to the client: what the user heard
         self.cancel_reason: str | None = None
@@ -86,6 +89,10 @@ class Turn:
             return  # already ended: its terminal frame was queued
         self.open = False
         self.cancel_reason = reason
+        # Counted here, not in the turn's task: a turn stopped before its task
+        # first ran (a barge-in or cancel in the same read as its frame) never
+        # runs any of its code.
+        self._on_cancel(reason)
         if announce:
             self._emit(frames.encode("cancelled", self.session_id, self.request_id, frames.CancelledPayload(reason)))
         if self.task is not None and not self.task.done():
@@ -179,8 +186,7 @@ class TurnRunner:
                         await self._chat()
             status = "done"
         except asyncio.CancelledError:
-            status = "cancelled"
-            tele.cancellation(turn.cancel_reason or "disconnect")
+            status = "cancelled"  # counted by Turn.cancel
             raise
         except TimeoutError:
             tele.cancellation("timeout")
