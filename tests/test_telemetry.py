@@ -131,6 +131,8 @@ async def test_every_metric_moves_and_spans_arrive() -> None:
             return {a.get(key) for a, v in points[PREFIX + name] if v > 0}
 
         assert {"done", "cancelled"} <= attrs("requests_total", "status")
+        # the client's own reason ("test") is counted as "cancel": clients do not pick label values
+        assert attrs("cancellation_total", "reason") == {"cancel", "barge_in"}
         assert {"invalid_payload", "rate_limited"} <= attrs("errors_total", "error.type")
         assert {"auth", "capacity"} <= attrs("connections_rejected_total", "reason")
         assert "yes" in attrs("tool_classifications_total", "decision")

@@ -36,6 +36,9 @@ _CONNECTION_BUCKETS = (0.1, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 180
 _TOKEN_COUNT_BUCKETS = (1, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
+_SERVER_CANCEL_REASONS = frozenset({"barge_in", "disconnect", "timeout", "end"})
+
+
 class Telemetry:
     def __init__(
         self,
@@ -230,9 +233,12 @@ class Telemetry:
         if self.enabled:
             self._token_latency.record(seconds_since_previous)
 
-    def cancellation(self, reason: str) -> None:  # "cancel", "barge_in", "disconnect", "timeout", "end"
+    def cancellation(self, reason: str) -> None:
+        """``reason``: the server's own (barge_in, disconnect, timeout, end) or a
+        client's free text from its ``cancel`` frame, counted as "cancel" so
+        that clients cannot grow the metric's label set."""
         if self.enabled:
-            self._cancels.add(1, {"reason": reason})
+            self._cancels.add(1, {"reason": reason if reason in _SERVER_CANCEL_REASONS else "cancel"})
 
     def error(self, error_type: str) -> None:  # the protocol error code
         if self.enabled:
