@@ -907,9 +907,26 @@ async def both_phase(args: argparse.Namespace) -> dict[str, Any]:
         log.close()
 
 
+# The load phase's processes. spin: a tight loop (CPU only, a tiny working set).
+# memory: what the server's workers and the benchmark's clients do beside the
+# engine core, without their code: Python objects made and dropped, and large
+# copies through a buffer far past the caches, so the host's shared cache and
+# memory bandwidth are in use.
+LOADS = {
+    "spin": "import time\nend = time.time() + float(__import__('sys').argv[1])\nwhile time.time() < end:\n    pass\n",
+    "memory": (
+        "import sys, time\nend = time.time() + float(sys.argv[1])\nmb = 1 << 20\nbuf = bytearray(256 * mb)\ni = 0\n"
+        "while time.time() < end:\n"
+        "    a = (i * 37 % 60) * 4 * mb\n    chunk = bytes(buf[a:a + 4 * mb])\n"
+        "    junk = [{'type': 'token', 'text': str(j)} for j in range(2000)]\n    i += 1\n"
+    ),
+}
+
+
 async def load_phase(args: argparse.Namespace) -> dict[str, Any]:
     """A control for the sustained cells: raw AsyncLLM alone, in windows with
-    the host quiet and with ``--load-procs`` processes spinning on the CPUs the
+    the host quiet and with ``--load-procs`` processes (``--load-kind``: see
+    LOADS) on the CPUs the
     WebSocket side would use (the engine core pinned as in ``both``). If the
     engine's steps slow down under load that runs no Yap code at all, what
     ``both`` measures between its raw and ws windows includes the host's CPU
@@ -927,8 +944,8 @@ async def load_phase(args: argparse.Namespace) -> dict[str, Any]:
         raw.attach(share.attachments[0])
         await raw.start(lambda line: print(f"[load] {line}", flush=True))
         builder, _sampling, params = prompt_tools(raw, args)
-        spin = "import time\nend = time.time() + float(__import__('sys').argv[1])\nwhile time.time() < end:\n    pass\n"
-        result: dict[str, Any] = {"load_procs": args.load_procs, "engine_cpus": sorted(engine_cpus)}
+        load = LOADS[args.load_kind]
+        result: dict[str, Any] = {"load_procs": args.load_procs, "load_kind": args.load_kind, "engine_cpus": sorted(engine_cpus)}
         steps = probe_file(args) + ".steps"
         for c in SUSTAIN_C:
             await raw_sustained(raw, builder, params, c, window=99)  # the first window of a run is slow: not counted
@@ -937,7 +954,7 @@ async def load_phase(args: argparse.Namespace) -> dict[str, Any]:
                 procs = []
                 if side == "load":
                     seconds = str(SUSTAIN_WARM_S + SUSTAIN_S + 1.0)
-                    procs = [await asyncio.create_subprocess_exec(sys.executable, "-c", spin, seconds)
+                    procs = [await asyncio.create_subprocess_exec(sys.executable, "-c", load, seconds)
                              for _ in range(args.load_procs)]  # fmt: skip
                 windows[side].append(await raw_sustained(raw, builder, params, c, window=k))
                 for proc in procs:
@@ -1117,7 +1134,8 @@ def main() -> None:
     ap.add_argument("--rounds-c1", type=int, default=ROUNDS[1], help="rounds (turns) of each c=1 cell")
     ap.add_argument("--sustain-s", type=float, default=SUSTAIN_S, help="seconds of each sustained window")
     ap.add_argument("--blocks", type=int, default=SUSTAIN_BLOCKS, help="both: raw, ws, ws, raw blocks of sustained windows")
-    ap.add_argument("--load-procs", type=int, default=4, help="load: processes spinning in the loaded windows")
+    ap.add_argument("--load-procs", type=int, default=4, help="load: processes running in the loaded windows")
+    ap.add_argument("--load-kind", choices=sorted(LOADS), default="spin", help="load: what those processes do (see LOADS)")
     args = ap.parse_args()
     SUSTAIN_S, SUSTAIN_BLOCKS = args.sustain_s, args.blocks
     CONCURRENCY = tuple(int(c) for c in args.concurrency.split(",") if c)

@@ -14,7 +14,8 @@
 #   WORKERS=4 PIN=3 bash gpu/check.sh bench_both 1b   (raw and ws on one engine core;
 #     BENCH_ARGS="--concurrency 1 --sustain= --rounds-c1 60": only the c=1 cells and the aborts)
 #   PIN=3 LOAD=4 BENCH_ARGS="--sustain 64 --blocks 2 --sustain-s 6" bash gpu/check.sh bench_load 1b
-#     (a control: raw AsyncLLM alone, host quiet vs 4 spinning processes)
+#     (a control: raw AsyncLLM alone, host quiet vs 4 spinning processes;
+#     add --load-kind memory to BENCH_ARGS for processes that copy memory instead)
 #   bash gpu/check.sh extras
 # (Files land in $OUT, which the device tool sets and empties before each command.)
 # Each step writes STEP.log (and JSON/markdown where it has figures) under $OUT.
@@ -111,9 +112,10 @@ bench_both)
 bench_load)
   # A control for the sustained cells (vllm_bench.py load): raw AsyncLLM alone on
   # the engine core pinned as in bench_both, windows with the host quiet and with
-  # LOAD=N processes spinning on the other CPUs (no Yap code in them).
+  # LOAD=N processes on the other CPUs (no Yap code in them): spinning, or with
+  # --load-kind memory in BENCH_ARGS copying memory.
   size="${1:-1b}"; RES=/tmp/res/$size-load; mkdir -p "$RES"
-  log "load control ($size): ${LOAD:-4} spinning processes"
+  log "load control ($size): ${LOAD:-4} load processes"
   python3 benchmarks/vllm_bench.py load --model "$WH/models/llama-$size" --load-format dummy --pin-engine "${PIN:-3}" \
     --load-procs "${LOAD:-4}" ${BENCH_ARGS:-} --out "$RES/bench_load.json" > "$RES/bench_load.log" 2>&1
   rc=$?; grep -a "^\[load\]\|Error\|Traceback" "$RES/bench_load.log" | cut -c1-2000 | tail -12
