@@ -31,6 +31,12 @@ tensors = load_file(src / "model.safetensors")
 save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, dst / "model.safetensors", metadata={"format": "pt"})
 PYEOF
 done
+# Without it `gpu/check.sh protocol` and `classifier` stop on the GPU machine,
+# after the set-up calls have been paid for: stop here instead.
+if [ -z "$(ls .wh/p1/classifier)" ]; then
+  echo "no trained classifier under ${YAP_CACHE_DIR:-.cache/yap}/classifier: run 'yap classifier train' (or set YAP_CACHE_DIR)" >&2
+  exit 1
+fi
 du -sh .wh/p1
 ls -la .wh/c4/proj
 [ "${1:-}" = "--no-extras" ] && exit 0
