@@ -214,10 +214,10 @@ def test_sentry_is_rate_limited_per_error_class(sentry_sink: SentrySink, caplog:
     caplog.set_level(logging.DEBUG)
     t = Telemetry(engine="scripted", settings=CoreSettings(sentry_dsn=dsn, sentry_error_interval_s=60))
     assert not t.enabled  # Sentry alone builds no OpenTelemetry SDK
-    for _ in range(3):
-        t.exception(RuntimeError("engine fell over"))
-    t.exception(ValueError("bad value"))
-    for _ in range(2):
+    for _ in range(3):  # internal_error frames for exceptions the server caught: sent with their stack
+        t.error("internal_error", RuntimeError("engine fell over"))
+    t.error("internal_error", ValueError("bad value"))
+    for _ in range(2):  # without an exception: a message
         t.error("internal_error")
     t.error("invalid_payload")  # client errors are not Sentry events
     t.shutdown()  # flushes the transport
@@ -228,6 +228,24 @@ def test_sentry_is_rate_limited_per_error_class(sentry_sink: SentrySink, caplog:
     assert kinds == ["RuntimeError", "ValueError", "yap error frame: internal_error"]
     assert all(e["tags"]["yap.engine"] == "scripted" for e in sentry_sink.events)
     assert "publickey-secret-ish" not in caplog.text
+
+
+async def test_a_failed_turn_reaches_sentry_with_its_stack(sentry_sink: SentrySink) -> None:
+    """The engine raising mid-turn: the client gets internal_error, and Sentry
+    gets the exception itself (type and stack), not only a message."""
+    dsn = f"http://publickey@127.0.0.1:{sentry_sink.port}/42"
+    with serve({"SENTRY_DSN": dsn, "SCRIPTED_FAIL_ON": "please fail"}) as server:
+        async with await YapConnection.open(server.ws_url, API_KEY) as conn:
+            turn = await conn.turn("start", new_id(), {"user_utterance": "please fail now"}, wait_s=10)
+        assert turn.end == "error" and turn.error is not None and turn.error["code"] == "internal_error", turn
+        for _ in range(100):  # Sentry's transport sends from a thread of its own
+            if sentry_sink.events:
+                break
+            await asyncio.sleep(0.1)
+    [event] = sentry_sink.events
+    [value] = event["exception"]["values"]
+    assert value["type"] == "RuntimeError" and "scripted_fail_on" in value["value"]
+    assert any(f["function"] == "run" for f in value["stacktrace"]["frames"])  # TurnRunner.run caught it
 
 
 def test_sentry_without_the_extra_is_a_clear_error() -> None:

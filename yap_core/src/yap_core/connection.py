@@ -271,7 +271,8 @@ class Connection:
                     f"the server failed on this frame: {type(exc).__name__}",
                     session_id=frame.session_id,
                     request_id=frame.request_id,
-                )
+                ),
+                cause=exc,
             )
 
     def _admit(self, window: SlidingWindow, kind: str, frames_counted: str) -> None:
@@ -285,8 +286,8 @@ class Connection:
                 retry_after_ms=wait,
             )
 
-    def _error(self, exc: FrameError) -> None:
-        self.runtime.telemetry.error(exc.code)
+    def _error(self, exc: FrameError, cause: BaseException | None = None) -> None:
+        self.runtime.telemetry.error(exc.code, cause)
         self.outbox.put(
             frames.error_frame(
                 exc.code,

@@ -212,7 +212,7 @@ class SessionHost:
             return
         except Exception as exc:
             log.exception("prefill failed")
-            rt.telemetry.error("internal_error")
+            rt.telemetry.error("internal_error", exc)
             self.emit(frames.error_frame("internal_error", f"prefill failed: {type(exc).__name__}", session_id=session.id, request_id=request_id))
             return
         self.emit(frames.encode("ready", session.id, request_id, frames.ReadyPayload(cached)))

@@ -240,16 +240,17 @@ class Telemetry:
         if self.enabled:
             self._cancels.add(1, {"reason": reason if reason in _SERVER_CANCEL_REASONS else "cancel"})
 
-    def error(self, error_type: str) -> None:  # the protocol error code
+    def error(self, error_type: str, exc: BaseException | None = None) -> None:
+        """An error frame sent (``error_type``: its protocol code). An
+        ``internal_error`` also goes to Sentry: as ``exc`` with its stack when
+        the server caught one, else as a message."""
         if self.enabled:
             self._errors.add(1, {"error.type": error_type})
         if self._sentry is not None and error_type == "internal_error":
-            self._sentry.message(f"yap error frame: {error_type}", error_type)
-
-    def exception(self, exc: BaseException) -> None:
-        """An unexpected exception the server handled (sent as internal_error)."""
-        if self._sentry is not None:
-            self._sentry.exception(exc)
+            if exc is not None:
+                self._sentry.exception(exc)
+            else:
+                self._sentry.message(f"yap error frame: {error_type}", error_type)
 
     def tool_classification(self, seconds: float, decision: str) -> None:  # "yes", "no", "timeout", "error"
         if self.enabled:

@@ -195,7 +195,7 @@ class TurnRunner:
             self._fail(exc.code, exc.message)
         except Exception as exc:
             log.exception("turn %s failed", turn.request_id)
-            self._fail("internal_error", f"the engine failed: {type(exc).__name__}")
+            self._fail("internal_error", f"the engine failed: {type(exc).__name__}", exc)
         finally:
             turn.finish()
             self._remember()
@@ -242,8 +242,8 @@ class TurnRunner:
             ).decode(),
         )
 
-    def _fail(self, code: str, message: str) -> None:
-        self.runtime.telemetry.error(code)
+    def _fail(self, code: str, message: str, exc: BaseException | None = None) -> None:
+        self.runtime.telemetry.error(code, exc)
         self.turn.emit_error(code, message)
         self.turn.finish()
 
