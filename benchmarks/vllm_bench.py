@@ -908,10 +908,11 @@ async def both_phase(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # The load phase's processes. spin: a tight loop (CPU only, a tiny working set).
-# memory: what the server's workers and the benchmark's clients do beside the
-# engine core, without their code: Python objects made and dropped, and large
-# copies through a buffer far past the caches, so the host's shared cache and
-# memory bandwidth are in use.
+# memory: a stand-in for the kind of work the server's workers and the
+# benchmark's clients do beside the engine core (Python objects made and
+# dropped), plus large copies through a buffer far past the caches. It moves
+# far more memory than they do: it shows whether memory traffic slows the
+# engine, not how much theirs does.
 LOADS = {
     "spin": "import time\nend = time.time() + float(__import__('sys').argv[1])\nwhile time.time() < end:\n    pass\n",
     "memory": (
@@ -926,8 +927,8 @@ LOADS = {
 async def load_phase(args: argparse.Namespace) -> dict[str, Any]:
     """A control for the sustained cells: raw AsyncLLM alone, in windows with
     the host quiet and with ``--load-procs`` processes (``--load-kind``: see
-    LOADS) on the CPUs the
-    WebSocket side would use (the engine core pinned as in ``both``). If the
+    LOADS) on the CPUs the WebSocket side would use (the engine core pinned as
+    in ``both``). If the
     engine's steps slow down under load that runs no Yap code at all, what
     ``both`` measures between its raw and ws windows includes the host's CPU
     (the benchmark's own clients run on it), not only the server's work."""
