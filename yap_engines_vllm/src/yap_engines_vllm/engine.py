@@ -38,7 +38,7 @@ from yap_core.quantize import read_context_length
 from yap_core.settings import CoreSettings, SettingsError
 
 from yap_engines_vllm import quant
-from yap_engines_vllm.sampling import sampling_kwargs
+from yap_engines_vllm.sampling import sampling_key, sampling_kwargs
 from yap_engines_vllm.settings import VllmSettings, gpu_fraction, validate
 from yap_engines_vllm.stats import SchedulerSnapshot, stat_logger_factory
 
@@ -57,6 +57,9 @@ _FINISH: dict[str, FinishReason] = {
 # The start-up request: sampled (not greedy), so the first real turn does not
 # pay for compiling vLLM's sampling kernels.
 _WARMUP = Sampling(temperature=0.7, top_p=0.9, top_k=50, repetition_penalty=1.1, max_tokens=8, seed=0)
+# Distinct samplings whose SamplingParams are kept (see VllmEngine._params); a
+# handful in practice: the server default, and the few a client overrides.
+_PARAMS_CACHE_MAX = 256
 
 
 class VllmEngine:
@@ -85,6 +88,8 @@ class VllmEngine:
         self._tokens_input: Any = None
         self._DELTA: Any = None
         self._FINAL_ONLY: Any = None
+        # sampling_key -> (SamplingParams, the logit_bias dict its key holds the id of)
+        self._params_cache: dict[tuple[Any, ...], tuple[Any, dict[int, float]]] = {}
         self.quant_plan: quant.QuantPlan | None = None
         self.engine_kwargs_used: dict[str, Any] = {}
         # SERVER_WORKERS > 1: this worker's way to the shared engine core (see share())
@@ -252,7 +257,7 @@ class VllmEngine:
     # --- hot path ------------------------------------------------------------
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         llm = self._require()
-        params = self._SamplingParams(**sampling_kwargs(request.sampling), output_kind=self._DELTA)
+        params = self._params(request.sampling)
         prompt = self._tokens_input(list(request.prompt_token_ids))
         outputs = llm.generate(prompt, params, request.request_id)
         prompt_tokens = len(request.prompt_token_ids)
@@ -276,6 +281,22 @@ class VllmEngine:
             self._leave(request.request_id, marker)
             # Closing vLLM's generator mid-request aborts it inside the engine core.
             await outputs.aclose()
+
+    def _params(self, sampling: Sampling) -> Any:
+        """The SamplingParams of ``sampling``, built once: vLLM clones what
+        it is given before changing anything (InputProcessor.process_inputs),
+        so one object serves every request with the same sampling, and a turn
+        does not build and validate one on its way to the engine."""
+        key = sampling_key(sampling)
+        hit = self._params_cache.get(key)
+        if hit is not None:
+            return hit[0]
+        if len(self._params_cache) >= _PARAMS_CACHE_MAX:
+            self._params_cache.clear()
+        params = self._SamplingParams(**sampling_kwargs(sampling), output_kind=self._DELTA)
+        # The dict is kept with it: its id is part of the key and must not be reused.
+        self._params_cache[key] = (params, sampling.logit_bias)
+        return params
 
     async def abort(self, request_id: str) -> None:
         if self._llm is not None:

@@ -32,3 +32,15 @@ def sampling_kwargs(s: Sampling) -> dict[str, Any]:
     if s.logit_bias:
         kwargs["logit_bias"] = dict(s.logit_bias)
     return kwargs
+
+
+def sampling_key(s: Sampling) -> tuple[Any, ...]:
+    """What makes two samplings build the same SamplingParams. ``logit_bias``
+    counts by identity: the core builds one dict (the banned phrases) and
+    every turn's Sampling shares it, and hashing hundreds of entries per turn
+    would cost what the cache saves. A caller that builds a new dict per
+    request only misses the cache."""
+    return (
+        s.temperature, s.top_p, s.top_k, s.min_p, s.repetition_penalty, s.presence_penalty,
+        s.frequency_penalty, s.max_tokens, s.stop, id(s.logit_bias), s.seed, s.ignore_eos,
+    )  # fmt: skip
