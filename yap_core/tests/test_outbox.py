@@ -12,7 +12,6 @@ import asyncio
 
 import msgspec
 from yap_core.connection import Outbox
-from yap_core.tasks import EAGER
 
 
 class GatedSocket:
@@ -41,6 +40,7 @@ async def test_pieces_join_the_waiting_frame_but_never_the_one_being_sent() -> N
     sock = GatedSocket()
     overflowed: list[bool] = []
     box = Outbox(sock.send, 100, lambda: overflowed.append(True))
+    runner = asyncio.create_task(box.run())
     try:
         box.put_token("s", "r1", "Hel")
         await sock.waiting.wait()  # "Hel" is being sent: it must go out alone
@@ -52,7 +52,7 @@ async def test_pieces_join_the_waiting_frame_but_never_the_one_being_sent() -> N
         await sock.release(4)
         await box.flush(1.0)
     finally:
-        await box.stop()
+        runner.cancel()
     kinds = [(f["type"], f["request_id"], f["payload"].get("text")) for f in sock.sent]
     assert kinds == [
         ("token", "r1", "Hel"),
@@ -66,6 +66,7 @@ async def test_pieces_join_the_waiting_frame_but_never_the_one_being_sent() -> N
 async def test_pieces_of_other_turns_do_not_merge() -> None:
     sock = GatedSocket()
     box = Outbox(sock.send, 100, lambda: None)
+    runner = asyncio.create_task(box.run())
     try:
         box.put('{"type":"pong","session_id":"unknown","request_id":null,"payload":{}}')
         await sock.waiting.wait()
@@ -75,7 +76,7 @@ async def test_pieces_of_other_turns_do_not_merge() -> None:
         await sock.release(4)
         await box.flush(1.0)
     finally:
-        await box.stop()
+        runner.cancel()
     assert [(f["session_id"], f["payload"].get("text")) for f in sock.sent[1:]] == [("a", "1"), ("b", "2"), ("a", "3")]
 
 
@@ -83,10 +84,11 @@ async def test_a_client_that_does_not_read_still_overflows() -> None:
     sock = GatedSocket()
     overflowed: list[bool] = []
     box = Outbox(sock.send, 4, lambda: overflowed.append(True))
+    runner = asyncio.create_task(box.run())
     try:
         accepted = [box.put_token(f"s{i}", f"r{i}", "x") for i in range(6)]  # frames that cannot merge
     finally:
-        await box.stop()
+        runner.cancel()
     assert accepted == [True, True, True, True, False, False]
     assert overflowed == [True]
 
@@ -97,52 +99,12 @@ async def test_joined_pieces_count_towards_the_limit() -> None:
     sock = GatedSocket()
     overflowed: list[bool] = []
     box = Outbox(sock.send, 8, lambda: overflowed.append(True))
+    runner = asyncio.create_task(box.run())
     try:
         box.put_token("s", "r", "first")
         await sock.waiting.wait()  # the first frame is stuck in the socket
         accepted = [box.put_token("s", "r", f" w{i}") for i in range(10)]
     finally:
-        await box.stop()
+        runner.cancel()
     assert accepted == [True] * 7 + [False] * 3
     assert overflowed == [True]
-
-
-async def test_an_idle_queue_writes_at_once_and_drains_again_after_idling() -> None:
-    """No task waits on an empty queue: the frame that finds it idle is written
-    within its put on Python 3.12 (an eager task), one event-loop pass later on
-    3.11; a queue that went idle starts again for the next frame, in order."""
-    sent: list[str] = []
-
-    async def send(text: str) -> None:
-        sent.append(msgspec.json.decode(text)["payload"]["text"])
-
-    box = Outbox(send, 100, lambda: None)
-    box.put_token("s", "r", "one")
-    assert sent == (["one"] if EAGER else [])
-    await box.flush(1.0)
-    assert sent == ["one"]
-    await asyncio.sleep(0.01)  # idle: nothing runs
-    box.put_token("s", "r", "two")
-    box.put_token("s", "r", "three")
-    await box.flush(1.0)
-    # Eagerly "two" is written at once, so "three" finds the queue idle again.
-    assert sent == (["one", "two", "three"] if EAGER else ["one", "twothree"])
-    await box.stop()
-
-
-async def test_a_failed_send_stops_the_queue_and_reports_once() -> None:
-    broken: list[BaseException] = []
-    attempts: list[str] = []
-
-    async def send(text: str) -> None:
-        attempts.append(text)
-        raise ConnectionError("peer gone")
-
-    box = Outbox(send, 100, lambda: None, broken.append)
-    assert box.put_token("s", "r", "a")
-    box.put_token("s", "r2", "b")
-    await box.flush(1.0)  # returns: nothing more will be sent
-    assert box.broken and box.closed
-    assert len(attempts) == 1 and [type(e) for e in broken] == [ConnectionError]
-    assert not box.put_token("s", "r3", "c"), "a broken queue takes no frames"
-    await box.stop()

@@ -3,8 +3,7 @@
 - Inbound: size check, decode, per-connection sliding-window rate limits,
   dispatch to the socket's sessions. Errors answer with one ``error`` frame and
   never close the socket (except ``message_too_large``: 1009).
-- Outbound: one bounded queue per socket, drained in order (the frame that
-  finds it idle is written at once; see ``Outbox``). A client
+- Outbound: one bounded queue per socket drained by one sender task. A client
   that stops reading fills it; at WS_SEND_QUEUE_MAX frames the socket is closed
   with 1008 ("client not reading") instead of growing memory. Token pieces of a
   turn that arrive while its previous token frame still waits in the queue join
@@ -30,7 +29,6 @@ from yap_core.frames import FrameError
 from yap_core.limits import SlidingWindow
 from yap_core.runtime import Runtime
 from yap_core.session import SessionHost
-from yap_core.tasks import start_task
 
 log = logging.getLogger("yap.connection")
 
@@ -59,34 +57,19 @@ class PendingTokens:
 
 
 class Outbox:
-    """The bounded send queue of one socket.
+    """The bounded send queue of one socket."""
 
-    No task waits on it while it is empty: the ``put`` that finds it idle
-    starts the drain (``tasks.start_task``), which on Python 3.12 writes the
-    frame to the socket inside that call, and keeps draining, as a task, only
-    while the socket is slow to take frames. One drain at a time, so frames
-    leave in the order they were queued."""
-
-    def __init__(
-        self,
-        send: Callable[[str], Awaitable[None]],
-        limit: int,
-        on_overflow: Callable[[], None],
-        on_broken: Callable[[BaseException], None] = lambda exc: None,
-    ) -> None:
+    def __init__(self, send: Callable[[str], Awaitable[None]], limit: int, on_overflow: Callable[[], None]) -> None:
         self._send = send
         self._limit = limit
         self._queue: deque[str | PendingTokens] = deque()
         self._queued = 0  # frames and token pieces in the queue: what the limit counts
         self._sending: str | PendingTokens | None = None  # the head, while it is being sent
-        self._draining = False
-        self._drain_task: asyncio.Task[None] | None = None  # the drain, while it waits on the socket
+        self._wake = asyncio.Event()
         self._empty = asyncio.Event()
         self._empty.set()
         self._on_overflow = on_overflow
-        self._on_broken = on_broken
         self.closed = False
-        self.broken = False  # a send failed: the socket is gone
 
     def put(self, item: str | PendingTokens) -> bool:
         if not self._room():
@@ -94,11 +77,7 @@ class Outbox:
         self._queue.append(item)
         self._queued += 1
         self._empty.clear()
-        if not self._draining:
-            self._draining = True
-            task = start_task(self._drain(), name="ws-sender")
-            if not task.done():  # it waits on the socket: keep it (the loop holds tasks weakly)
-                self._drain_task = task
+        self._wake.set()
         return True
 
     def put_token(self, session_id: str, request_id: str, piece: str) -> bool:
@@ -127,38 +106,23 @@ class Outbox:
             return False
         return True
 
-    async def _drain(self) -> None:
+    async def run(self) -> None:
         queue = self._queue
-        try:
-            while queue and not self.broken:
-                item = self._sending = queue[0]
-                await self._send(item if type(item) is str else item.encode())  # type: ignore[union-attr]
-                queue.popleft()
-                self._queued -= 1 if type(item) is str else len(item.pieces)  # type: ignore[union-attr]
-                self._sending = None
-        except Exception as exc:  # the socket is gone: nothing more can be sent
-            self.closed = self.broken = True
-            self._on_broken(exc)
-        finally:
-            self._sending = None
-            self._draining = False
-            self._drain_task = None
-            if not queue or self.broken:
+        while True:
+            while not queue:
                 self._empty.set()
+                self._wake.clear()
+                await self._wake.wait()
+            item = self._sending = queue[0]
+            await self._send(item if type(item) is str else item.encode())  # type: ignore[union-attr]
+            queue.popleft()
+            self._queued -= 1 if type(item) is str else len(item.pieces)  # type: ignore[union-attr]
+            self._sending = None
 
     async def flush(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._empty.wait()
-
-    async def stop(self) -> None:
-        """Send nothing more; a drain waiting on the socket is cancelled."""
-        self.closed = True
-        task = self._drain_task
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
 
 
 class Connection:
@@ -173,7 +137,7 @@ class Connection:
         self._receive = receive
         self._send_asgi = send
         s = self.settings
-        self.outbox = Outbox(self._send_text, s.ws_send_queue_max, self._overflow, self._broken)
+        self.outbox = Outbox(self._send_text, s.ws_send_queue_max, self._overflow)
         self.host = SessionHost(runtime, self.outbox.put, self.outbox.put_token)
         self.messages = SlidingWindow(s.ws_max_messages_per_window, s.ws_message_window_seconds)
         self.cancels = SlidingWindow(s.ws_max_cancels_per_window, s.ws_cancel_window_seconds)
@@ -195,30 +159,27 @@ class Connection:
             self.close_reason = reason
         self._closing.set()
 
-    def _broken(self, exc: BaseException) -> None:
-        # The client is gone (a send failed): close without a close frame.
-        log.debug("a send failed, closing the socket: %r", exc)
-        self._closing.set()
-
     def _overflow(self) -> None:
         log.warning("closing a socket whose client stopped reading (%d frames queued)", self.settings.ws_send_queue_max)
         self.shutdown(CLOSE_POLICY, "send queue full: client not reading")
 
     # --- main loop --------------------------------------------------------------
     async def serve(self) -> None:
+        sender = asyncio.create_task(self.outbox.run(), name="ws-sender")
         reader = asyncio.create_task(self._read(), name="ws-reader")
         idle = asyncio.create_task(self._idle(), name="ws-idle")
         closing = asyncio.create_task(self._closing.wait())
         try:
-            await asyncio.wait({reader, closing}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({reader, closing, sender}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in (reader, idle, closing):
                 task.cancel()
             # Turns cut off by the close get no terminal frame; their engine requests are aborted.
             await self.host.close()
-            if self.close_code is not None and self.close_code != CLOSE_POLICY and not self.outbox.broken:
-                await self.outbox.flush(_CLOSE_TIMEOUT_S)
-            await self.outbox.stop()
+            if self.close_code is not None and not sender.done():
+                if self.close_code != CLOSE_POLICY:
+                    await self.outbox.flush(_CLOSE_TIMEOUT_S)
+            sender.cancel()
             if self.close_code is not None and self._client_open:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(_CLOSE_TIMEOUT_S):
@@ -233,7 +194,7 @@ class Connection:
                     async with asyncio.timeout(_CLOSE_TIMEOUT_S):
                         while (await self._receive())["type"] != "websocket.disconnect":
                             pass
-            for task in (reader, idle, closing):
+            for task in (reader, idle, closing, sender):
                 with contextlib.suppress(BaseException):
                     await task
 

@@ -26,7 +26,6 @@ from yap_core.contracts import Sampling
 from yap_core.frames import FrameError, WireSampling
 from yap_core.prompt_types import Message, PromptError
 from yap_core.runtime import Runtime
-from yap_core.tasks import start_task
 from yap_core.turn import Emit, EmitToken, Turn, TurnRunner, TurnSpec
 
 log = logging.getLogger("yap.session")
@@ -133,9 +132,7 @@ class SessionHost:
         turn = Turn(session.id, request_id or str(uuid.uuid4()), self.emit, self.emit_token, self.runtime.telemetry.cancellation)
         runner = TurnRunner(self.runtime, turn, spec, session.system, session.history, session.span)
         session.turn = turn
-        # Started eagerly (tasks.start_task): on Python 3.12 the request reaches
-        # the engine within this call, before the rest of the frame's read runs.
-        task = start_task(self._run(runner, previous), name=f"turn-{turn.request_id}")
+        task = asyncio.create_task(self._run(runner, previous), name=f"turn-{turn.request_id}")
         turn.task = task
         session.last_task = task
         self._track(task)
