@@ -894,11 +894,8 @@ async def both_phase(args: argparse.Namespace) -> dict[str, Any]:
         ws_result = await ws_measure(front, args, time.perf_counter() - t0, sustain=False)
         await interleaved_sustained(raw, front, args, raw_result, ws_result)
         await raw.close()
-        from yap_core.tasks import EAGER
-
         method = f"one engine core: raw AsyncLLM is client 1 of {n + 1}, the WebSocket path {n} worker process(es)"
-        # The server's turn task and sender start eagerly only from Python 3.12 (yap_core.tasks).
-        method += f"; Python {sys.version.split()[0]}, eager turn tasks {'on' if EAGER else 'off'}"
+        method += f"; Python {sys.version.split()[0]}"
         if engine_cpus:
             method += f"; the engine core alone on CPUs {sorted(engine_cpus)}"
         return {"method": method, "raw": raw_result, "ws": ws_result}
