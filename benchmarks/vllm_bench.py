@@ -283,6 +283,7 @@ def summarize_windows(windows: list[Window], cpu_key: str = "frontend_cpu_cores"
             if first is not None and w0 <= sent <= w1]  # fmt: skip
     out = {"out_tok_s": _r(tokens / seconds), "turns_in_window": len(ttft), "ttft_ms_p50": _r(pct(ttft, 0.5)),
            "ttft_ms_p90": _r(pct(ttft, 0.9)), cpu_key: _r(statistics.mean(w[3] for w in windows)),
+           f"windows_{cpu_key}": [_r(w[3]) for w in windows],
            "windows_out_tok_s": [_r(window_tokens(t, w0, w1) / (w1 - w0)) for t, w0, w1, _ in windows]}  # fmt: skip
     steps = read_steps(steps_path)
     if steps:
@@ -561,8 +562,12 @@ async def _ws_worker(url: str, pairs: list[tuple[str, str]], warm: bool, start_a
             await conn.close()
 
 
-def ws_sustain_worker(url: str, sessions: list[tuple[int, str]], w1: float, window: int) -> list[tuple[float, float | None, float, int]]:
-    return asyncio.run(_ws_sustain_worker(url, sessions, w1, window))
+def ws_sustain_worker(url: str, sessions: list[tuple[int, str]], w1: float, window: int) -> tuple[list[tuple[float, float | None, float, int]], float]:
+    """One client process's share of a sustained window: its turns, and the CPU
+    seconds this client process spent (the benchmark's own load on the host)."""
+    cpu0 = time.process_time()
+    turns = asyncio.run(_ws_sustain_worker(url, sessions, w1, window))
+    return turns, time.process_time() - cpu0
 
 
 async def _ws_sustain_worker(url: str, sessions: list[tuple[int, str]], w1: float, window: int) -> list[tuple[float, float | None, float, int]]:
@@ -628,9 +633,11 @@ def client_pool() -> Any:
     return ProcessPoolExecutor(max_workers=CLIENT_PROCS, mp_context=multiprocessing.get_context("spawn"))
 
 
-async def ws_sustained(front: Front, pool: Any, c: int, window: int = 0) -> Window:
+async def ws_sustained(front: Front, pool: Any, c: int, window: int = 0, client_cores: list[float] | None = None) -> Window:
     """One sustained window through the WebSocket path: c sessions, spread over
-    the client processes, run turns back to back (utterances as raw_sustained's)."""
+    the client processes, run turns back to back (utterances as raw_sustained's).
+    ``client_cores`` gets the CPU cores the client processes kept busy: load on
+    the engine core's host that the raw side does not have."""
     loop = asyncio.get_running_loop()
     systems = [(i + front.salt, s) for i, (s, _) in enumerate(session_texts(200_000 + c + front.salt, c))]
     procs = min(CLIENT_PROCS, c)
@@ -639,7 +646,10 @@ async def ws_sustained(front: Front, pool: Any, c: int, window: int = 0) -> Wind
     cpu0 = front.cpu()
     parts = await asyncio.gather(*[loop.run_in_executor(pool, ws_sustain_worker, front.ws_url, systems[i::procs], w1, window)
                                    for i in range(procs)])  # fmt: skip
-    return [t for part in parts for t in part], w0, w1, (front.cpu() - cpu0) / (time.time() - w0 + SUSTAIN_WARM_S)
+    wall = time.time() - w0 + SUSTAIN_WARM_S
+    if client_cores is not None:
+        client_cores.append(sum(cpu for _, cpu in parts) / wall)
+    return [t for turns, _ in parts for t in turns], w0, w1, (front.cpu() - cpu0) / wall
 
 
 async def ws_measure(front: Front, args: argparse.Namespace, start_s: float, *, sustain: bool = True) -> dict[str, Any]:
@@ -814,15 +824,17 @@ async def interleaved_sustained(raw: Any, front: Front, args: argparse.Namespace
             # about a third slower than every later one: one window first, not counted.
             await raw_sustained(raw, builder, params, c, window=99)
             windows: dict[str, list[Window]] = {"raw": [], "ws": []}
+            client_cores: list[float] = []
             for k, side in enumerate(("raw", "ws", "ws", "raw") * SUSTAIN_BLOCKS):
                 if side == "raw":
                     windows[side].append(await raw_sustained(raw, builder, params, c, window=k))
                 else:
-                    windows[side].append(await ws_sustained(front, pool, c, window=k))
+                    windows[side].append(await ws_sustained(front, pool, c, window=k, client_cores=client_cores))
             steps = probe_file(args) + ".steps"
             raw_result["sustain_s"] = SUSTAIN_S  # for the report, which runs apart
             raw_result[f"raw/sustained/c{c}"] = summarize_windows(windows["raw"], steps_path=steps)
             ws_result[f"ws/sustained/c{c}"] = summarize_windows(windows["ws"], "server_main_cpu_cores", steps)
+            ws_result[f"ws/sustained/c{c}"]["windows_client_cpu_cores"] = [_r(x) for x in client_cores]
             print(f"[both] sustained c={c}: raw {raw_result[f'raw/sustained/c{c}']}; ws {ws_result[f'ws/sustained/c{c}']}",
                   flush=True)  # fmt: skip
     finally:
@@ -982,10 +994,16 @@ def windows_order(raw: list[float] | None, ws: list[float] | None) -> str:
     return f"raw {', '.join(map(str, raw))}; ws {', '.join(map(str, ws))}"
 
 
+def _nth(xs: list[Any] | None, i: int) -> Any:
+    return xs[i] if xs and i < len(xs) else None
+
+
 def window_lines(raw: dict[str, Any], ws: dict[str, Any]) -> list[str]:
     """Each sustained window in the order it ran (raw, ws, ws, raw per block),
     with the engine's steps per second and requests per step in it (the probe's
-    step file), and each block's own ws-vs-raw."""
+    step file), the CPU cores the measured side kept busy beside the engine
+    core (raw: this process; ws: the server workers, and apart the benchmark's
+    client processes), and each block's own ws-vs-raw."""
     out: list[str] = []
     for c in SUSTAIN_C:
         r, s = raw.get(f"raw/sustained/c{c}", {}), ws.get(f"ws/sustained/c{c}", {})
@@ -996,12 +1014,15 @@ def window_lines(raw: dict[str, Any], ws: dict[str, Any]) -> list[str]:
         for b in range(len(rt) // 2):
             order += [("raw", 2 * b), ("ws", 2 * b), ("ws", 2 * b + 1), ("raw", 2 * b + 1)]
         out += ["", f"Sustained c={c}, window by window (engine steps from the probe in the engine core):", "",
-                "| # | side | out tok/s | engine steps/s | requests per step |", "|---|---|---|---|---|"]
+                "| # | side | out tok/s | engine steps/s | requests per step | frontend CPU cores | client CPU cores |",
+                "|---|---|---|---|---|---|---|"]
         for k, (side, i) in enumerate(order):
             x = r if side == "raw" else s
-            steps, reqs = x.get("windows_steps_per_s") or [], x.get("windows_requests_per_step") or []
-            steps, reqs = (steps[i] if steps else None), (reqs[i] if reqs else None)  # None: a run without the step log
-            out.append(f"| {k + 1} | {side} | {x['windows_out_tok_s'][i]} | {steps} | {reqs} |")
+            # None: a run without the step log, or from before the CPU columns
+            steps, reqs = _nth(x.get("windows_steps_per_s"), i), _nth(x.get("windows_requests_per_step"), i)
+            cpu = _nth(x.get("windows_frontend_cpu_cores" if side == "raw" else "windows_server_main_cpu_cores"), i)
+            clients = _nth(s.get("windows_client_cpu_cores"), i) if side == "ws" else "-"
+            out.append(f"| {k + 1} | {side} | {x['windows_out_tok_s'][i]} | {steps} | {reqs} | {cpu} | {clients} |")
         blocks = [1 - (st[2 * b] + st[2 * b + 1]) / (rt[2 * b] + rt[2 * b + 1]) for b in range(len(rt) // 2)]
         out.append("")
         out.append("Each block's ws vs raw: " + ", ".join(f"{-x * 100:+.1f}%" for x in blocks))
