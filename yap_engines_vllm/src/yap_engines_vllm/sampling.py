@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from yap_core.contracts import Sampling
 
 
@@ -35,12 +36,10 @@ def sampling_kwargs(s: Sampling) -> dict[str, Any]:
 
 
 def sampling_key(s: Sampling) -> tuple[Any, ...]:
-    """What makes two samplings build the same SamplingParams. ``logit_bias``
-    counts by identity: the core builds one dict (the banned phrases) and
-    every turn's Sampling shares it, and hashing hundreds of entries per turn
+    """What makes two samplings build the same SamplingParams: every field of
+    ``Sampling`` (a field added later counts without a change here), with
+    ``logit_bias`` by identity. The core builds one dict (the banned phrases)
+    and every turn's Sampling shares it; hashing hundreds of entries per turn
     would cost what the cache saves. A caller that builds a new dict per
     request only misses the cache."""
-    return (
-        s.temperature, s.top_p, s.top_k, s.min_p, s.repetition_penalty, s.presence_penalty,
-        s.frequency_penalty, s.max_tokens, s.stop, id(s.logit_bias), s.seed, s.ignore_eos,
-    )  # fmt: skip
+    return tuple(id(v) if type(v) is dict else v for v in msgspec.structs.astuple(s))
