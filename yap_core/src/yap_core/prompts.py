@@ -47,6 +47,7 @@ from typing import Generic, TypeVar
 from yap_core.chat_template_proof import prints_contents_verbatim
 from yap_core.contracts import ChatTokenizer
 from yap_core.personas import Personas
+from yap_core.pieces import PieceCache
 from yap_core.prompt_types import Message, PromptError, RenderedPrompt
 from yap_core.settings import CoreSettings
 
@@ -161,6 +162,9 @@ class PromptBuilder:
     ) -> None:
         self._tok = tokenizer
         self._encode, self.rust_encode = _encoder(tokenizer)
+        # Known pieces of ASCII text: an utterance of known words is encoded
+        # without a tokenizer call (see pieces.py).
+        self.pieces = PieceCache.for_tokenizer(tokenizer, self._encode)
         self._settings = settings
         self.max_model_len = max_model_len
         self._personas = personas
@@ -181,11 +185,12 @@ class PromptBuilder:
         self._proven: str | None = self._prove_template() if self.segmented else None
         log.info(
             "prompt builder: segment-wise ids %s, contents tokenized apart %s, Rust encode %s, "
-            "template proven content-blind %s",
+            "template proven content-blind %s, ASCII piece cache %s",
             self.segmented,
             self.split_contents,
             self.rust_encode,
             self._proven is not None,
+            self.pieces is not None,
         )
         if not self.segmented:
             log.warning(
@@ -241,12 +246,18 @@ class PromptBuilder:
         """Tokenize contents the next turn will need (the reply just given),
         ahead of time, so that turn renders without tokenizing them."""
         for text in texts:
-            self._ids(self._clean(text))
+            cleaned = self._clean(text)
+            self._ids(cleaned)
+            if self.pieces is not None:
+                self.pieces.learn(cleaned)
 
     def prefix(self, system: str, history: Sequence[Message]) -> tuple[int, ...]:
         """Ids of the part of the next prompt already known (system, history
         and the template's opening of the user message), for engine.prefill.
-        History is trimmed as ``render`` will trim it."""
+        History is trimmed as ``render`` will trim it. Runs in a thread at a
+        session's start: the system prompt's pieces are learned here too."""
+        if self.pieces is not None:
+            self.pieces.learn(system)
         built, n = self._fit(system, history, "", self._settings.chat_max_out)
         if built.seg_lens is not None:
             return built.ids[: built.length - built.seg_lens[-1]]
@@ -446,7 +457,9 @@ class PromptBuilder:
     def _ids(self, text: str) -> tuple[int, ...]:
         ids = self._ids_cache.get(text)
         if ids is None:
-            ids = tuple(self._encode(text))
+            ids = self.pieces.ids(text) if self.pieces is not None else None
+            if ids is None:
+                ids = tuple(self._encode(text))
             self._ids_cache.put(text, ids)
         return ids
 

@@ -1,0 +1,124 @@
+"""The ASCII piece cache (pieces.py) on the real SmolLM2 tokenizer: the ids it
+gives are the tokenizer's own, and a split that disagrees turns it off."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from yap_core.personas import Personas
+from yap_core.pieces import GPT2_EXPRESSION, PieceCache, translate
+from yap_core.prompts import PromptBuilder
+from yap_core.settings import Config, CoreSettings
+
+LLAMA3 = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+
+
+def encoder(tok: Any) -> Any:
+    backend = tok.backend_tokenizer
+    return lambda text: backend.encode(text, add_special_tokens=False).ids
+
+
+@pytest.fixture(scope="module")
+def cache(smollm2_tokenizer: Any) -> PieceCache:
+    made = PieceCache.for_tokenizer(smollm2_tokenizer, encoder(smollm2_tokenizer))
+    assert made is not None, "SmolLM2's byte-level tokenizer gets a piece cache"
+    return made
+
+
+WORDS = ["the", "The", "I'm", "it's", "we'll", "DON'T", "12", "3.5", "1,000", "hello", "World", "!!!", "...", ",", "?", "(x)", "\"q\"", "--"]
+GAPS = ["", " ", "  ", "\n", "\n\n", "\t", " \n "]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=127), max_size=60))
+def test_any_ascii_text_learned_encodes_as_the_tokenizer_does(cache: PieceCache, smollm2_tokenizer: Any, text: str) -> None:
+    cache.learn(text)
+    assert cache.on, f"the cache turned itself off on {text!r}"
+    assert cache.ids(text) == tuple(encoder(smollm2_tokenizer)(text))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(WORDS), st.sampled_from(GAPS)), max_size=20))
+def test_a_new_text_of_known_pieces_encodes_as_the_tokenizer_does(
+    cache: PieceCache, smollm2_tokenizer: Any, parts: list[tuple[str, str]]
+) -> None:
+    """Learned from other texts, in other orders: the split of a text depends
+    on its neighbours (a space joins the word after it), and the cache must
+    follow the tokenizer there too."""
+    for word, _ in parts:
+        cache.learn(f"{word} {word}\n{word}")
+    text = "".join(w + g for w, g in parts)
+    got = cache.ids(text)
+    if got is not None:
+        assert got == tuple(encoder(smollm2_tokenizer)(text))
+
+
+def test_unknown_pieces_non_ascii_and_added_tokens_go_to_the_tokenizer(cache: PieceCache) -> None:
+    cache.learn("plain words here")
+    assert cache.ids("plain words here") is not None
+    assert cache.ids("plain words zyxwvutsrq") is None  # a piece never seen
+    assert cache.ids("plain café") is None  # not ASCII
+    cache.learn("a <|im_end|> b")  # holds a control token: never learned, never served
+    assert cache.ids("a <|im_end|> b") is None
+
+
+def test_a_split_that_disagrees_with_the_tokenizer_turns_the_cache_off(
+    smollm2_tokenizer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Lower-case runs only: right for "hello world", not for a capital letter.
+    wrong = PieceCache(r" ?[a-z]+|.", encoder(smollm2_tokenizer))
+    wrong.learn("hello world")
+    assert wrong.on and wrong.ids("hello world") is not None
+    with caplog.at_level(logging.WARNING, logger="yap_core.pieces"):
+        wrong.learn("Hello world")  # "H" + "ello" is not how the tokenizer encodes "Hello"
+    assert not wrong.on
+    assert wrong.ids("hello world") is None
+    assert "piece cache off" in caplog.text and "hello" not in caplog.text  # no user text in logs
+
+
+def test_translation_to_ascii_classes() -> None:
+    gpt2 = translate(GPT2_EXPRESSION)
+    assert gpt2 is not None and r"\p" not in gpt2
+    llama3 = translate(LLAMA3)
+    assert llama3 is not None
+    assert re.findall(llama3, "I'M here 12345\n\n ok") == ["I", "'M", " here", " ", "123", "45", "\n\n", " ok"]
+    assert translate(r"\p{Lu}+|\s+") is None  # a property it cannot translate
+    assert translate(r"[^\S]") is None  # \S inside a class
+    assert translate(r"(unclosed") is None
+
+
+def test_a_tokenizer_without_a_byte_level_split_gets_no_cache(smollm2_tokenizer: Any) -> None:
+    class Backend:
+        def to_str(self) -> str:
+            return '{"model": {"type": "WordPiece"}, "pre_tokenizer": {"type": "Whitespace"}}'
+
+    class Tok:
+        backend_tokenizer = Backend()
+
+    assert PieceCache.for_tokenizer(Tok(), encoder(smollm2_tokenizer)) is None
+
+
+def test_the_prompt_builder_renders_a_known_utterance_from_the_cache(smollm2_tokenizer: Any) -> None:
+    settings_ = Config(env={}, toml={}).section("core", CoreSettings)
+    builder = PromptBuilder(smollm2_tokenizer, settings_, 2048, Personas.load(None))
+    assert builder.pieces is not None
+    system = "You are a friendly voice assistant. Tell me about the weather in the city."
+    builder.prefix(system, ())  # a session's start learns the system prompt's pieces
+    utterance = "Tell me about the city weather?"
+    assert builder.pieces.ids(utterance) is None  # "Tell" opening a text, "?": not seen yet
+    builder.remember(["Tell them the weather?"])  # a turn's texts, learned after it
+    assert builder.pieces.ids(utterance) is not None
+    rendered = builder.render(system, [], utterance, 64)
+    conv = [{"role": "system", "content": system}, {"role": "user", "content": utterance}]
+    expected = smollm2_tokenizer.apply_chat_template(conv, tokenize=True, add_generation_prompt=True)
+    if hasattr(expected, "keys"):  # transformers 5 returns a BatchEncoding
+        expected = expected["input_ids"]
+    assert list(rendered.token_ids) == list(expected)
