@@ -97,6 +97,8 @@ def engine_env(args: argparse.Namespace) -> dict[str, str]:
         "CHAT_GPU_FRAC": str(args.gpu_frac),
         "ATTENTION_BACKEND": args.attn,
         "STREAM_INTERVAL": str(args.stream_interval),
+        # the server's own framing (raw: no frames): the least time between a turn's token frames
+        "TOKEN_FRAME_INTERVAL_MS": str(args.token_frame_ms),
         "CHAT_QUANTIZATION": args.quantization,
         "WS_MAX_MESSAGES_PER_WINDOW": "0",
         "WS_MAX_CANCELS_PER_WINDOW": "0",
@@ -908,6 +910,8 @@ async def both_phase(args: argparse.Namespace) -> dict[str, Any]:
         await raw.close()
         method = f"one engine core: raw AsyncLLM is client 1 of {n + 1}, the WebSocket path {n} worker process(es)"
         method += f"; Python {sys.version.split()[0]}"
+        if args.token_frame_ms:
+            method += f"; TOKEN_FRAME_INTERVAL_MS={args.token_frame_ms:g} (a turn's token frames at most that often)"
         if engine_cpus:
             method += f"; the engine core alone on CPUs {sorted(engine_cpus)}"
         return {"method": method, "raw": raw_result, "ws": ws_result}
@@ -1148,6 +1152,8 @@ def main() -> None:
     ap.add_argument("--quantization", default="none", help="CHAT_QUANTIZATION for both phases (none: bf16)")
     ap.add_argument("--gpu-frac", type=float, default=0.85)
     ap.add_argument("--stream-interval", type=int, default=1, help="STREAM_INTERVAL for both phases")
+    ap.add_argument("--token-frame-ms", type=float, default=0.0,
+                    help="TOKEN_FRAME_INTERVAL_MS for the WebSocket path (0: every piece at once)")
     ap.add_argument("--workers", type=int, default=1, help="ws phase: SERVER_WORKERS (server processes on one engine core)")
     ap.add_argument("--pin-engine", type=int, default=0, help="both phase: physical cores reserved for vLLM's engine core (0: no pinning)")
     ap.add_argument("--out", required=True)

@@ -108,3 +108,48 @@ async def test_joined_pieces_count_towards_the_limit() -> None:
         runner.cancel()
     assert accepted == [True] * 7 + [False] * 3
     assert overflowed == [True]
+
+
+class InstantSocket:
+    """Sends complete at once; records each frame with the loop's clock."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[float, dict]] = []
+
+    async def send(self, text: str) -> None:
+        self.sent.append((asyncio.get_running_loop().time(), msgspec.json.decode(text)))
+
+
+async def test_a_token_frame_interval_holds_pieces_but_never_the_first_or_what_ends_a_turn() -> None:
+    sock = InstantSocket()
+    box = Outbox(sock.send, 100, lambda: None, token_interval_s=0.5)
+    runner = asyncio.create_task(box.run())
+    loop = asyncio.get_running_loop()
+    try:
+        t0 = loop.time()
+        box.put_token("s", "r1", "Hel")  # a turn's first piece: at once
+        await asyncio.sleep(0.01)
+        for piece in ("lo", " the", "re"):  # held: they join one frame
+            box.put_token("s", "r1", piece)
+            await asyncio.sleep(0.01)
+        assert [f["payload"]["text"] for _, f in sock.sent] == ["Hel"]
+        await asyncio.sleep(0.6)  # the interval is over: the joined frame left at ~0.5 s
+        box.put_token("s", "r1", "!")  # held again, until the final queues behind it
+        await asyncio.sleep(0.01)
+        box.put('{"type":"final","session_id":"s","request_id":"r1","payload":{"text":"Hello there!"}}')
+        box.put_token("s", "r2", "Next")  # another turn's first piece: at once
+        await box.flush(1.0)
+    finally:
+        runner.cancel()
+    kinds = [(f["type"], f["request_id"], f["payload"].get("text")) for _, f in sock.sent]
+    assert kinds == [
+        ("token", "r1", "Hel"),
+        ("token", "r1", "lo there"),
+        ("token", "r1", "!"),
+        ("final", "r1", "Hello there!"),
+        ("token", "r2", "Next"),
+    ]
+    times = [t - t0 for t, _ in sock.sent]
+    assert times[0] < 0.25  # not held
+    assert times[1] >= 0.49  # held for the interval after the first
+    assert times[2] - times[1] < 0.4  # the final behind it released it before the interval's end

@@ -11,6 +11,11 @@
   frames instead of falling further behind; when it keeps up, every piece goes
   out on its own at once. The limit counts pieces, joined or not, so a client
   that stops reading is dropped exactly as soon as without joining.
+  TOKEN_FRAME_INTERVAL_MS > 0 makes pieces wait on purpose: after a turn's
+  token frame, its next one leaves at most that often (the turn's first at
+  once, and at once when any other frame queues behind it, so ``final``,
+  ``done`` and ``cancelled`` are never held). Fewer frames, less CPU per token
+  on both ends of the socket, when tokens come faster than anyone listens.
 - Idle: no inbound frame for WS_IDLE_TIMEOUT_S while no turn of this socket
   runs closes with 4000.
 """
@@ -59,9 +64,19 @@ class PendingTokens:
 class Outbox:
     """The bounded send queue of one socket."""
 
-    def __init__(self, send: Callable[[str], Awaitable[None]], limit: int, on_overflow: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        send: Callable[[str], Awaitable[None]],
+        limit: int,
+        on_overflow: Callable[[], None],
+        token_interval_s: float = 0.0,
+    ) -> None:
         self._send = send
         self._limit = limit
+        self._interval = token_interval_s
+        # The request id of the last token frame sent, and when it was sent.
+        self._last_token: tuple[str, float] = ("", 0.0)
+        self._hold: asyncio.Future[None] | None = None  # set while a token frame is held
         self._queue: deque[str | PendingTokens] = deque()
         self._queued = 0  # frames and token pieces in the queue: what the limit counts
         self._sending: str | PendingTokens | None = None  # the head, while it is being sent
@@ -78,6 +93,8 @@ class Outbox:
         self._queued += 1
         self._empty.clear()
         self._wake.set()
+        if self._hold is not None and not self._hold.done():
+            self._hold.set_result(None)  # a frame behind the held one: send it now
         return True
 
     def put_token(self, session_id: str, request_id: str, piece: str) -> bool:
@@ -113,16 +130,42 @@ class Outbox:
                 self._empty.set()
                 self._wake.clear()
                 await self._wake.wait()
-            item = self._sending = queue[0]
+            item = queue[0]
+            if type(item) is PendingTokens and self._interval:
+                await self._hold_tokens(item)
+            self._sending = item
             await self._send(item if type(item) is str else item.encode())  # type: ignore[union-attr]
+            if type(item) is PendingTokens and self._interval:
+                self._last_token = (item.request_id, time.monotonic())
             queue.popleft()
             self._queued -= 1 if type(item) is str else len(item.pieces)  # type: ignore[union-attr]
             self._sending = None
+
+    async def _hold_tokens(self, item: PendingTokens) -> None:
+        """Let pieces join ``item`` until the interval since its turn's last
+        token frame is over, or until another frame queues behind it."""
+        request_id, sent_at = self._last_token
+        delay = sent_at + self._interval - time.monotonic()
+        if item.request_id != request_id or delay <= 0 or len(self._queue) > 1:
+            return
+        loop = asyncio.get_running_loop()
+        hold = self._hold = loop.create_future()
+        timer = loop.call_later(delay, _release, hold)
+        try:
+            await hold
+        finally:
+            timer.cancel()
+            self._hold = None
 
     async def flush(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._empty.wait()
+
+
+def _release(hold: asyncio.Future[None]) -> None:
+    if not hold.done():
+        hold.set_result(None)
 
 
 class Connection:
@@ -137,7 +180,9 @@ class Connection:
         self._receive = receive
         self._send_asgi = send
         s = self.settings
-        self.outbox = Outbox(self._send_text, s.ws_send_queue_max, self._overflow)
+        self.outbox = Outbox(
+            self._send_text, s.ws_send_queue_max, self._overflow, s.token_frame_interval_ms / 1000.0
+        )
         self.host = SessionHost(runtime, self.outbox.put, self.outbox.put_token)
         self.messages = SlidingWindow(s.ws_max_messages_per_window, s.ws_message_window_seconds)
         self.cancels = SlidingWindow(s.ws_max_cancels_per_window, s.ws_cancel_window_seconds)

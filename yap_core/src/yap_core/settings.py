@@ -214,6 +214,16 @@ class CoreSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ws_message_window_seconds: Annotated[float, doc("Window for the message limit.", gt=0)] = 60.0
     ws_max_cancels_per_window: Annotated[int, doc("cancel frames per window (0: off).", ge=0)] = 20
     ws_cancel_window_seconds: Annotated[float, doc("Window for the cancel limit.", gt=0)] = 60.0
+    token_frame_interval_ms: Annotated[
+        float,
+        doc(
+            "Least time between two token frames of one turn on a socket; pieces that come "
+            "meanwhile join the waiting frame (0: every piece goes out at once). The first "
+            "token frame and the frames after the last never wait.",
+            ge=0,
+            le=1000,
+        ),
+    ] = 0.0
     ws_send_queue_max: Annotated[
         int, doc("Frames queued to one slow client before it is closed (1008... see docs).", ge=8)
     ] = 1024
