@@ -122,3 +122,23 @@ def test_the_prompt_builder_renders_a_known_utterance_from_the_cache(smollm2_tok
     if hasattr(expected, "keys"):  # transformers 5 returns a BatchEncoding
         expected = expected["input_ids"]
     assert list(rendered.token_ids) == list(expected)
+
+
+def test_a_text_learned_once_is_not_encoded_again(smollm2_tokenizer: Any) -> None:
+    """A shared system prompt comes back at every session's start: its check
+    against the tokenizer runs once."""
+    calls: list[str] = []
+    encode = encoder(smollm2_tokenizer)
+
+    def counting(text: str) -> Any:
+        calls.append(text)
+        return encode(text)
+
+    cache = PieceCache(translate(GPT2_EXPRESSION) or "", counting)
+    system = "You are a friendly voice assistant. Keep it short."
+    cache.learn(system)
+    assert system in calls  # checked whole, once
+    calls.clear()
+    cache.learn(system)
+    assert calls == []
+    assert cache.ids(system) == tuple(encode(system))

@@ -73,6 +73,9 @@ class PieceCache:
         self._added = re.compile("|".join(map(re.escape, added))) if added else None
         self._pieces: dict[str, tuple[int, ...]] = {}
         self._max = max_pieces
+        # Texts learned and checked already: a shared system prompt comes back
+        # at every session's start. Emptied when full (a bound, not an LRU).
+        self._checked: set[str] = set()
         self.on = True
 
     @classmethod
@@ -115,7 +118,7 @@ class PieceCache:
     def learn(self, text: str) -> None:
         """Encode the pieces of ``text`` not known yet, then check the text
         whole against the tokenizer (off the event loop: Rust calls)."""
-        if not self.on or not text.isascii() or (self._added is not None and self._added.search(text)):
+        if text in self._checked or not self.on or not text.isascii() or (self._added and self._added.search(text)):
             return
         for piece in self._split(text):
             if piece not in self._pieces:
@@ -123,7 +126,12 @@ class PieceCache:
                     return  # full: what is known stays, nothing new is added
                 self._pieces[piece] = tuple(self._encode(piece))
         got = self.ids(text)
-        if got is not None and got != tuple(self._encode(text)):
+        if got is None:
+            return
+        if len(self._checked) >= 4096:
+            self._checked.clear()
+        self._checked.add(text)
+        if got != tuple(self._encode(text)):
             self.on = False
             log.warning(
                 "piece cache off: a %d-character text split into pieces encodes differently "
