@@ -142,3 +142,23 @@ def test_a_text_learned_once_is_not_encoded_again(smollm2_tokenizer: Any) -> Non
     cache.learn(system)
     assert calls == []
     assert cache.ids(system) == tuple(encode(system))
+
+
+def test_remember_encodes_a_new_reply_whole_only_once(smollm2_tokenizer: Any) -> None:
+    """Learning checks the reply whole; its ids then come from the pieces, not a second encode."""
+    settings_ = Config(env={}, toml={}).section("core", CoreSettings)
+    builder = PromptBuilder(smollm2_tokenizer, settings_, 2048, Personas.load(None))
+    assert builder.pieces is not None
+    reply = "Sure, the weather tomorrow looks sunny with a light breeze in the afternoon."
+    whole: list[str] = []
+    encode = encoder(smollm2_tokenizer)
+
+    def counting(text: str) -> Any:
+        if text == reply:
+            whole.append(text)
+        return encode(text)
+
+    builder._encode = builder.pieces._encode = counting  # type: ignore[method-assign]
+    builder.remember([reply])
+    assert len(whole) == 1
+    assert builder._ids(reply) == tuple(encode(reply))

@@ -104,7 +104,7 @@ class PieceCache:
 
     def ids(self, text: str) -> tuple[int, ...] | None:
         """The ids of ``text`` when it is ASCII and every piece is known; None otherwise."""
-        if not self.on or not text.isascii() or (self._added is not None and self._added.search(text)):
+        if not self._eligible(text):
             return None
         out: list[int] = []
         get = self._pieces.get
@@ -115,10 +115,14 @@ class PieceCache:
             out += known
         return tuple(out)
 
+    def _eligible(self, text: str) -> bool:
+        """On, ASCII, and free of added tokens (which the tokenizer splits out first)."""
+        return self.on and text.isascii() and not (self._added is not None and self._added.search(text))
+
     def learn(self, text: str) -> None:
         """Encode the pieces of ``text`` not known yet, then check the text
         whole against the tokenizer (off the event loop: Rust calls)."""
-        if text in self._checked or not self.on or not text.isascii() or (self._added and self._added.search(text)):
+        if text in self._checked or not self._eligible(text):
             return
         for piece in self._split(text):
             if piece not in self._pieces:

@@ -247,9 +247,11 @@ class PromptBuilder:
         ahead of time, so that turn renders without tokenizing them."""
         for text in texts:
             cleaned = self._clean(text)
-            self._ids(cleaned)
             if self.pieces is not None:
+                # First: learning encodes the text whole once (its check), and
+                # the ids below then come from the pieces, not a second encode.
                 self.pieces.learn(cleaned)
+            self._ids(cleaned)
 
     def prefix(self, system: str, history: Sequence[Message]) -> tuple[int, ...]:
         """Ids of the part of the next prompt already known (system, history
