@@ -50,12 +50,17 @@ def us(seconds: float) -> str:
     return f"{seconds * 1e6:8.1f} us"
 
 
-def bench_render(tok, turns: int) -> None:
+def bench_render(tok, turns: int, *, prepared: bool) -> None:
+    """One session's turns on a new builder (no other session made its
+    shapes). prepared: after each turn, builder.prepare() as the server runs
+    it in the pause before the next; "first render" is then what the next
+    turn pays on its way to the engine."""
     settings = Config(env={}).section("core", CoreSettings)
     builder = PromptBuilder(tok, settings, 8192, Personas.load(None))
     system = builder.system_prompt(None, "friendly", "female")
     history: list[Message] = []
-    print(f"render per turn (warm caches; HISTORY_MAX_TOKENS={settings.history_max_tokens}):")
+    how = "after prepare(), as the server does" if prepared else "nothing prepared"
+    print(f"render per turn, one session ({how}; HISTORY_MAX_TOKENS={settings.history_max_tokens}):")
     print("  turn  history_msgs  used  prompt_tokens   first render   median of 20   p90 of 20")
     for turn in range(turns):
         user = f"Turn {turn}: can you tell me something interesting about the number {turn * 7}?"
@@ -72,6 +77,10 @@ def bench_render(tok, turns: int) -> None:
             print(f"  {turn:4d}  {len(history):12d}  {r.history_used:4d}  {len(r.token_ids):13d}  "
                   f"{us(first)}  {us(percentile(again, 50))}  {us(percentile(again, 90))}")
         history += [Message("user", user), Message("assistant", sanitize(REPLY))]
+        if prepared:
+            builder.prepare(system, history, [m.content for m in history[-2:]])
+    if prepared:
+        return
     cold = PromptBuilder(tok, settings, 8192, Personas.load(None))
     t0 = time.perf_counter()
     r = cold.render(system, history, "And one more thing?", settings.chat_max_out)
@@ -149,7 +158,8 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (1 min)")
     tok = tokenizer()
-    bench_render(tok, args.turns)
+    bench_render(tok, args.turns, prepared=False)
+    bench_render(tok, args.turns, prepared=True)
     bench_inline_render(tok, args.renders)
     bench_sanitizer(tok, args.reps)
     t0 = time.perf_counter()

@@ -341,6 +341,27 @@ def test_cheap_only_when_everything_but_a_short_utterance_is_tokenized(smollm2_t
     assert tok.encoded == ["and now?"]  # only the new utterance is tokenized
 
 
+def test_prepare_leaves_the_next_turn_only_its_utterance(smollm2_tokenizer: Any) -> None:
+    """After a turn the server calls prepare() in the pause before the next:
+    the reply is tokenized and the next, longer shape's template rendered
+    there, so the next turn neither renders the template nor tokenizes
+    anything but its utterance, and still gets the real rendering's ids."""
+    tok = CountingTokenizer(smollm2_tokenizer)
+    b = build(tok)
+    system = b.system_prompt("You are Yap.", None, None)
+    history = conversation(2)
+    b.render(system, history, "before", 150)  # this shape, as an earlier turn made it
+    history += [Message("user", "before"), Message("assistant", "A reply nobody tokenized yet.")]
+    b.prepare(system, history, [m.content for m in history[-2:]])
+    tok.encoded.clear()
+    tok.rendered = 0
+    r = b.render(system, history, "and now?", 150)
+    assert tok.rendered == 0
+    assert tok.encoded == ["and now?"]
+    assert r.text == template(smollm2_tokenizer, system, history, "and now?")
+    assert list(r.token_ids) == smollm2_tokenizer.encode(r.text, add_special_tokens=False)
+
+
 # --- templates that do not allow segment-wise ids ----------------------------------
 
 

@@ -154,9 +154,11 @@ class SessionHost:
         chat = self.runtime.chat
         added = runner.new_history()
         if chat is not None and added and not self.closed:
-            # Tokenize the reply now, in the pause before the user's next turn,
-            # so that turn renders without it (see PromptBuilder.cheap).
-            self._track(asyncio.create_task(asyncio.to_thread(chat.builder.remember, added)))
+            # Tokenize the reply and build the next turn's shape now, in the
+            # pause before the user's next turn, so that turn renders without
+            # either (see PromptBuilder.cheap and .prepare).
+            history = tuple(runner.history)  # a snapshot: the loop may change the list meanwhile
+            self._track(asyncio.create_task(asyncio.to_thread(chat.builder.prepare, runner.system, history, added)))
 
     # --- frames -------------------------------------------------------------------
     async def start(self, frame: frames.ClientFrame, received_at: float) -> None:
