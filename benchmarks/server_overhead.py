@@ -58,10 +58,12 @@ def server_env(deploy_mode: str, sanitize_default: bool = True) -> dict[str, str
     }
 
 
-async def ttft_phase(url: str, turns: int, *, fresh: bool) -> tuple[Summary, Summary, Summary]:
+async def ttft_phase(url: str, turns: int, *, fresh: bool, pause_s: float = 0.0) -> tuple[Summary, Summary, Summary]:
     """Sequential one-token turns and pings on one socket: TTFT, RTT, server ttft.
     fresh: each turn a `start` (the session replaced: a short prompt); else
-    `message` turns whose history grows up to HISTORY_MAX_TOKENS."""
+    `message` turns whose history grows up to HISTORY_MAX_TOKENS. pause_s:
+    the wait after each turn's ping, where a voice user speaks (the server
+    prepares the next turn then; with none, the next turn meets that work)."""
     ttft: list[float | None] = []
     rtt: list[float | None] = []
     server: list[float | None] = []
@@ -80,6 +82,8 @@ async def ttft_phase(url: str, turns: int, *, fresh: bool) -> tuple[Summary, Sum
             while (await conn.recv(10)).type != "pong":
                 pass
             rtt.append((conn.clock() - t) * 1e3)
+            if pause_s:
+                await asyncio.sleep(pause_s)
     return summarize(ttft), summarize(rtt), summarize(server)
 
 
@@ -210,8 +214,9 @@ async def run(args: argparse.Namespace) -> None:
         try:
             print(f"\n== DEPLOY_MODE={mode} (scripted engine{' + scripted classifier' if mode == 'both' else ''}) ==")
             for fresh in (True, False):
-                ttft, rtt, server = await ttft_phase(srv.ws_url, args.turns, fresh=fresh)
+                ttft, rtt, server = await ttft_phase(srv.ws_url, args.turns, fresh=fresh, pause_s=args.pause_ms / 1000)
                 what = "fresh session each turn (short prompt)" if fresh else "one session, history growing"
+                what += f", {args.pause_ms:g} ms pause after each" if args.pause_ms else ""
                 print(f"TTFT, one idle socket, {ttft.count} turns, {what}: p50 {fmt_ms(ttft.p50)} "
                       f"p90 {fmt_ms(ttft.p90)} p99 {fmt_ms(ttft.p99)} ms")
                 print(f"  ping/pong RTT same socket: p50 {fmt_ms(rtt.p50)} p90 {fmt_ms(rtt.p90)} ms; "
@@ -239,6 +244,7 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, default=64, help="sockets streaming at once in the throughput phase")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of the throughput phase")
     ap.add_argument("--turns", type=int, default=300, help="sequential turns in the TTFT phase")
+    ap.add_argument("--pause-ms", type=float, default=0.0, help="TTFT phase: pause after each turn (a user speaking)")
     ap.add_argument("--client-procs", type=int, default=1, help="client processes in the throughput phase (each on its own core)")
     ap.add_argument("--gap-turns", type=int, default=20, help="400-token turns in the single-stream gap phase")
     ap.add_argument("--modes", nargs="+", default=["chat", "both"], choices=["chat", "both"])

@@ -362,6 +362,62 @@ def test_prepare_leaves_the_next_turn_only_its_utterance(smollm2_tokenizer: Any)
     assert list(r.token_ids) == smollm2_tokenizer.encode(r.text, add_special_tokens=False)
 
 
+def test_a_prepared_turn_renders_without_trimming_or_joining_again(smollm2_tokenizer: Any) -> None:
+    """prepare() keeps the next prompt up to the utterance: the next render of
+    that history only adds the utterance (no budget walk, no assembly), and a
+    history that changed since is not served from it."""
+    b = build(smollm2_tokenizer)
+    system = b.system_prompt("You are Yap.", None, None)
+    history = conversation(6)
+    b.prepare(system, history, [m.content for m in history[-2:]])
+    fit = b._fit
+
+    def no_fit(*args: Any) -> Any:
+        raise AssertionError("rendered the long way")
+
+    b._fit = no_fit  # type: ignore[method-assign]
+    r = b.render(system, history, "and now?", 150)
+    assert r.text == template(smollm2_tokenizer, system, history, "and now?")
+    assert list(r.token_ids) == smollm2_tokenizer.encode(r.text, add_special_tokens=False)
+    assert r.history_used == len(history)
+    for other in (history[:-2], [*history[:-1], Message("assistant", "It is 6.")], history + conversation(1)):
+        with pytest.raises(AssertionError, match="the long way"):
+            b.render(system, other, "and now?", 150)
+    with pytest.raises(AssertionError, match="the long way"):
+        b.render("Another system prompt.", history, "and now?", 150)
+    b._fit = fit  # type: ignore[method-assign]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    turns=st.integers(min_value=1, max_value=30),
+    user=st.sampled_from(["ok?", "Tell me about " + "the weather and the news " * 6, *TRICKY]),
+    max_out=st.sampled_from([1, 150, 600]),
+    limits=st.sampled_from([({}, 4096), ({"history_max_tokens": 150}, 4096), ({}, 700), ({}, 1000)]),
+)
+def test_a_prepared_render_equals_the_long_way(
+    smollm2_tokenizer: Any, turns: int, user: str, max_out: int, limits: tuple[dict[str, Any], int]
+) -> None:
+    """Whatever the budgets and this turn's reply room, a render after
+    prepare() gives what a builder that never prepared gives: the same
+    history kept, the same text and ids (the budgets bind at the history,
+    at the context, or not at all)."""
+    core, max_model_len = limits
+    history = conversation(turns)
+    history[-1] = Message("assistant", TRICKY[turns % len(TRICKY)])
+    prepared, plain = build(smollm2_tokenizer, max_model_len, **core), build(smollm2_tokenizer, max_model_len, **core)
+    system = prepared.system_prompt(None, "tutor", "female")
+    prepared.prepare(system, history, [m.content for m in history[-2:]])
+    try:
+        want = plain.render(system, history, user, max_out)
+    except PromptError as err:
+        assert err.code == "text_too_long"
+        with pytest.raises(PromptError, match="exceeds the model's context"):
+            prepared.render(system, history, user, max_out)
+        return
+    assert prepared.render(system, history, user, max_out) == want
+
+
 # --- templates that do not allow segment-wise ids ----------------------------------
 
 

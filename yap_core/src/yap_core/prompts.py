@@ -150,6 +150,28 @@ class _Assembled:
         return self._ids
 
 
+class _Prepared:
+    """A session's next prompt without its utterance (``PromptBuilder.prepare``):
+    the ids and text before the utterance, joined, and the template text after
+    it. Valid for the history it was made from: sessions only ever append to
+    their history, so its length and its last message (held here, so its id
+    is not reused) name it."""
+
+    __slots__ = ("system", "last", "head_ids", "head_text", "tail_ids", "tail_text", "length", "kept")
+
+    def __init__(self, system: str, last: Message, built: _Assembled, kept: int) -> None:
+        assert built.seg_lens is not None and built._chunks is not None and built._conv is not None
+        self.system, self.last, self.kept = system, last, kept
+        chunks = built._chunks  # [template header, content, text after it, ..., utterance (empty), text after]
+        head: list[int] = []
+        for chunk in chunks[:-2]:
+            head += chunk
+        self.head_ids, self.tail_ids = tuple(head), chunks[-1]
+        self.head_text = _fill(built._conv[:-1], built._wrappers[:-1])
+        self.tail_text = built._wrappers[-1]
+        self.length = len(self.head_ids) + len(self.tail_ids)
+
+
 class PromptBuilder:
     def __init__(
         self,
@@ -159,6 +181,7 @@ class PromptBuilder:
         personas: Personas,
         *,
         cache_size: int = 8192,
+        prepared_size: int = 512,
     ) -> None:
         self._tok = tokenizer
         self._encode, self.rust_encode = _encoder(tokenizer)
@@ -174,6 +197,8 @@ class PromptBuilder:
         self._cleaned: _LRU[str, str] = _LRU(cache_size)
         self._skeletons: _LRU[tuple[str, ...], tuple[str, ...] | tuple[()]] = _LRU(256)
         self._skeleton_ids: _LRU[tuple[str, ...], tuple[tuple[int, ...], ...]] = _LRU(256)
+        # Each session's next prompt, from prepare(): (id of the last history message, history length) -> entry
+        self._prepared: _LRU[tuple[int, int], _Prepared] = _LRU(prepared_size)
         # Contents must not smuggle control tokens (a user typing "<|im_end|>"
         # would otherwise open a fake system turn): they are removed.
         specials = sorted(getattr(tokenizer, "all_special_tokens", None) or [], key=len, reverse=True)
@@ -219,6 +244,20 @@ class PromptBuilder:
         if not user:
             raise PromptError("invalid_payload", "payload.user_utterance", "user_utterance is empty")
         user, user_tokens = self._cap_user(user)
+        ready = self._prepared_for(system, history)
+        if ready is not None:
+            ids = self._ids(user)
+            # The history prepare() kept fits HISTORY_MAX_TOKENS whatever the
+            # utterance, and the context with no utterance and no reply. Each
+            # longer history failed one of the two, and would fail again with
+            # them: so it is what _fit would keep, if it still fits the context.
+            if ready.length + len(ids) <= self.max_model_len - max_out:
+                return RenderedPrompt(
+                    token_ids=ready.head_ids + ids + ready.tail_ids,
+                    text=ready.head_text + user + ready.tail_text,
+                    history_used=ready.kept,
+                    user_tokens=user_tokens,
+                )
         built, kept = self._fit(system, history, user, max_out)
         return RenderedPrompt(token_ids=built.ids, text=built.text, history_used=kept, user_tokens=user_tokens)
 
@@ -232,6 +271,8 @@ class PromptBuilder:
         it would stall the loop just the same, plus the hop."""
         if not self.split_contents or len(user_text) > INLINE_NEW_CHARS:
             return False
+        if self._prepared_for(system, history) is not None:
+            return True
         cache = self._ids_cache
         return self._clean(system) in cache and all(self._clean(m.content) in cache for m in history)
 
@@ -256,17 +297,36 @@ class PromptBuilder:
     def prepare(self, system: str, history: Sequence[Message], added: Sequence[str]) -> None:
         """The next turn's work that does not need its utterance, done in the
         pause before it (a thread, after a turn): tokenize the contents this
-        turn ``added`` to ``history`` (see ``remember``), and build the next
-        turn's shape: the template rendered for one more message pair, and
-        the ids of its texts. A new shape costs a template render of the whole
-        conversation (~0.45 ms at 40 messages, in a loop); sessions share
-        shapes, so only the first session to reach a length pays it, but
-        that one would pay it on the turn's way to the engine."""
+        turn ``added`` to ``history`` (see ``remember``), build the next
+        turn's shape (the template rendered for one more message pair, and
+        the ids of its texts), and keep the next prompt up to the utterance,
+        trimmed and joined. A new shape costs a template render of the whole
+        conversation (~0.45 ms at 40 messages, in a loop; sessions share
+        shapes, but the first to reach a length would pay it on the turn's
+        way to the engine), and trimming and joining 50 messages ~0.07 ms.
+        The next ``render`` of this history then only adds the utterance.
+        ``history`` must be the session's whole history, which only grows."""
         self.remember(added)
         try:
-            self._fit(system, history, "", self._settings.chat_max_out)
+            # max_out 0: the history that fits with no room for a reply; render()
+            # checks the room its turn needs (see there).
+            built, kept = self._fit(system, history, "", 0)
         except PromptError:
-            pass  # the turn's own render reports it, to the client
+            return  # the turn's own render reports it, to the client
+        # Only a proven template's assembly, contents tokenized apart: the
+        # utterance's ids and text then slot in between, as _assemble would put them.
+        if history and self.split_contents and built.seg_lens is not None and built._text is None:
+            self._prepared.put((id(history[-1]), len(history)), _Prepared(self._clean(system), history[-1], built, kept))
+
+    def _prepared_for(self, system: str, history: Sequence[Message]) -> _Prepared | None:
+        if not history:
+            return None
+        ready = self._prepared.get((id(history[-1]), len(history)))
+        if ready is None or ready.last is not history[-1] or ready.system != self._clean(system):
+            return None
+        if getattr(self._tok, "chat_template", None) is not self._proven:
+            return None  # the template was changed since (see _assemble)
+        return ready
 
     def prefix(self, system: str, history: Sequence[Message]) -> tuple[int, ...]:
         """Ids of the part of the next prompt already known (system, history
