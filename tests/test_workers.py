@@ -15,7 +15,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from reliability_net import open_ws, recv
 from served import SCRIPTED, serve, yap
+from websockets.exceptions import ConnectionClosed
 from yap_core.server_process import ServerProcess, http_get
 from yap_core.wsclient import YapConnection, new_id
 
@@ -45,7 +47,7 @@ def status(server: ServerProcess) -> dict:
 
 @pytest.fixture(scope="module")
 def two_workers() -> Iterator[ServerProcess]:
-    with serve(WORKERS) as server:
+    with serve({**WORKERS, "AUTH_MAX_FAILURES": "10", "AUTH_FAILURE_WINDOW_S": "300"}) as server:
         yield server
 
 
@@ -61,6 +63,30 @@ def test_every_worker_serves_on_the_one_port(two_workers: ServerProcess) -> None
     for body in seen.values():
         assert body["worker"]["count"] == 2
         assert body["connections"]["max"] == 20  # ceil(39 / 2): the limit is split, not multiplied
+
+
+async def failed_login(server: ServerProcess) -> str:
+    """One socket with a wrong key: "failed", or "throttled" when told to retry later."""
+    ws = await open_ws(server.ws_url, "not-the-key")
+    try:
+        frame = await recv(ws, 10)
+    except ConnectionClosed:
+        return "closed"
+    finally:
+        await ws.close()
+    assert frame["type"] == "error" and frame["payload"]["code"] == "authentication_failed", frame
+    return "throttled" if "retry_after_ms" in frame["payload"] else "failed"
+
+
+async def test_failed_logins_are_counted_against_the_limit_once_not_per_worker(two_workers: ServerProcess) -> None:
+    """AUTH_MAX_FAILURES=10 over 2 workers: each worker allows 5 failures, so
+    one address is throttled by its 11th failed attempt wherever the kernel
+    sends them (a limit of 10 in each worker would let up to 20 through)."""
+    answers = []
+    while len(answers) < 11 and "throttled" not in answers:
+        answers.append(await failed_login(two_workers))
+    assert answers[-1] == "throttled", answers
+    assert len(answers) >= 6, answers  # 5 a worker: no sooner than the 6th attempt
 
 
 async def test_turns_run_on_both_workers_at_once(two_workers: ServerProcess) -> None:

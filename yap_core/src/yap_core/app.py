@@ -45,7 +45,7 @@ class YapApp:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.auth = Authenticator(runtime.settings)
+        self.auth = Authenticator(runtime.settings, runtime.worker.count if runtime.worker is not None else 1)
         self.live: set[Connection] = set()
         self._none_live = asyncio.Event()
         self._none_live.set()

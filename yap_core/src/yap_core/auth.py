@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import math
 from collections.abc import Sequence
 from typing import Literal
 from urllib.parse import parse_qsl
@@ -65,11 +66,14 @@ def parse_networks(entries: Sequence[str], setting: str) -> tuple[Network, ...]:
 
 
 class Authenticator:
-    def __init__(self, settings: CoreSettings) -> None:
+    def __init__(self, settings: CoreSettings, workers: int = 1) -> None:
         self._keys = tuple(k.encode() for k in settings.text_api_key)
         self._origins = frozenset(o.rstrip("/") for o in settings.allowed_origins)
         self._proxies = parse_networks(settings.trusted_proxies, "TRUSTED_PROXIES")
-        self.throttle = FailureThrottle(settings.auth_max_failures, settings.auth_failure_window_s)
+        # Each of SERVER_WORKERS processes counts only the attempts the kernel
+        # gave it (spread by address hash): each allows its share of the
+        # failures, so one address gets AUTH_MAX_FAILURES in all, not N times it.
+        self.throttle = FailureThrottle(math.ceil(settings.auth_max_failures / workers), settings.auth_failure_window_s)
 
     def key_is_valid(self, key: str | None) -> bool:
         if key is None:
