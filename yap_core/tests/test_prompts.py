@@ -388,6 +388,38 @@ def test_a_prepared_turn_renders_without_trimming_or_joining_again(smollm2_token
     b._fit = fit  # type: ignore[method-assign]
 
 
+def test_a_session_started_with_history_is_prepared_by_its_prefill(smollm2_tokenizer: Any) -> None:
+    """`start` with a history and no utterance runs prefix() (the prefill):
+    the first turn after it renders from what prefix() kept, and begins
+    with exactly the prefilled ids."""
+    b = build(smollm2_tokenizer)
+    system = b.system_prompt("You are Yap.", None, None)
+    history = conversation(4)
+    pre = b.prefix(system, history)
+
+    def no_fit(*args: Any) -> Any:
+        raise AssertionError("rendered the long way")
+
+    b._fit = no_fit  # type: ignore[method-assign]
+    r = b.render(system, history, "and now?", 150)
+    assert r.token_ids[: len(pre)] == pre
+    assert list(r.token_ids) == smollm2_tokenizer.encode(
+        template(smollm2_tokenizer, system, history, "and now?"), add_special_tokens=False
+    )
+
+
+def test_prefix_trims_for_a_full_reply_when_the_context_binds(smollm2_tokenizer: Any) -> None:
+    """With room for the history but not for it and CHAT_MAX_OUT, prefix()
+    trims as the turn's render will (the next render starts with its ids)."""
+    b = build(smollm2_tokenizer, 400, chat_max_out=150)
+    system = b.system_prompt("You are Yap.", None, None)
+    history = conversation(12)
+    pre = b.prefix(system, history)
+    r = b.render(system, history, "next?", 150)
+    assert 0 < r.history_used < len(history)
+    assert r.token_ids[: len(pre)] == pre
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     turns=st.integers(min_value=1, max_value=30),

@@ -308,15 +308,19 @@ class PromptBuilder:
         ``history`` must be the session's whole history, which only grows."""
         self.remember(added)
         try:
-            # max_out 0: the history that fits with no room for a reply; render()
-            # checks the room its turn needs (see there).
-            built, kept = self._fit(system, history, "", 0)
+            self._fit_and_keep(system, history)
         except PromptError:
             return  # the turn's own render reports it, to the client
+
+    def _fit_and_keep(self, system: str, history: Sequence[Message]) -> tuple[_Assembled, int]:
+        """``_fit`` with no utterance and no room for a reply (render() checks
+        the room its turn needs), kept for the next render of this history."""
+        built, kept = self._fit(system, history, "", 0)
         # Only a proven template's assembly, contents tokenized apart: the
         # utterance's ids and text then slot in between, as _assemble would put them.
         if history and self.split_contents and built.seg_lens is not None and built._text is None:
             self._prepared.put((id(history[-1]), len(history)), _Prepared(self._clean(system), history[-1], built, kept))
+        return built, kept
 
     def _prepared_for(self, system: str, history: Sequence[Message]) -> _Prepared | None:
         if not history:
@@ -335,7 +339,11 @@ class PromptBuilder:
         session's start: the system prompt's pieces are learned here too."""
         if self.pieces is not None:
             self.pieces.learn(system)
-        built, n = self._fit(system, history, "", self._settings.chat_max_out)
+        # Kept for the first turn's render too (a session started with a history).
+        built, n = self._fit_and_keep(system, history)
+        if built.length > self.max_model_len - self._settings.chat_max_out:
+            # The context binds: trim as a turn with a full reply would be.
+            built, n = self._fit(system, history, "", self._settings.chat_max_out)
         if built.seg_lens is not None:
             return built.ids[: built.length - built.seg_lens[-1]]
         # Whole-text mode: the conversation so far, without a generation prompt.
