@@ -154,9 +154,9 @@ class SessionHost:
         chat = self.runtime.chat
         added = runner.new_history()
         if chat is not None and added and not self.closed:
-            # Tokenize the reply and build the next turn's shape now, in the
-            # pause before the user's next turn, so that turn renders without
-            # either (see PromptBuilder.cheap and .prepare).
+            # Tokenize the reply and build the next prompt up to its utterance
+            # now, in the pause before the user's next turn: that turn then
+            # only adds its utterance (PromptBuilder.prepare).
             history = tuple(runner.history)  # a snapshot: the loop may change the list meanwhile
             self._track(asyncio.create_task(asyncio.to_thread(chat.builder.prepare, runner.system, history, added)))
 
