@@ -65,6 +65,8 @@ ROUNDS = {1: 20, 16: 5, 64: 3}  # c=1 gets many rounds: its p50 is compared to w
 SUSTAIN_C = (16, 64)
 SUSTAIN_WARM_S = 3.0  # turns run this long before the measured window opens
 SUSTAIN_S = 10.0
+HISTORY_TURNS = 10  # the session cell's history at start
+SESSION_SKIP = 3  # its first turns, not counted (the session's own warm-up)
 SUSTAIN_BLOCKS = 1  # `both`: the raw, ws, ws, raw block of sustained windows, this many times
 MAX_TOKENS = 150
 # Before each round both sides sit idle this long (the WebSocket side needs it to
@@ -530,6 +532,46 @@ async def _spin() -> None:
         await asyncio.sleep(0)
 
 
+def turn_sample(turn: Any, sent: float) -> dict[str, Any]:
+    """One finished WebSocket turn as a sample (``sent``: time.time() at sending)."""
+    assert turn.end == "done", (turn.end, turn.error)
+    usage = turn.usage or {}
+    return {"ttft_ms": turn.first_token_s * 1e3 if turn.first_token_s is not None else None,
+            "tokens": usage.get("completion_tokens", 0), "prompt_tokens": usage.get("prompt_tokens", 0),
+            "cached": usage.get("cached_prompt_tokens", 0), "end_abs": sent + turn.total_s,
+            "server_ttft_ms": usage.get("ttft_ms"), "request_id": turn.request_id, "sent_at": turn.sent_at,
+            "first_at": None if turn.first_token_s is None else turn.sent_at + turn.first_token_s,
+            "token_frames": sum(1 for f in turn.frames if f.type == "token")}  # fmt: skip
+
+
+def ws_session_worker(url: str, system: str, history: list[dict[str, str]], users: list[str], idle_s: float) -> list[dict[str, Any]]:
+    """One voice session, in a client process: opened with a history (the
+    server prefills it), then one `message` turn per utterance, each after
+    ``idle_s`` (the user speaking; the client spins, as in the c=1 cells)."""
+    return asyncio.run(_ws_session_worker(url, system, history, users, idle_s))
+
+
+async def _ws_session_worker(url: str, system: str, history: list[dict[str, str]], users: list[str], idle_s: float) -> list[dict[str, Any]]:
+    from yap_core.wsclient import YapConnection
+
+    spinner = asyncio.create_task(_spin())
+    sampling = dict(SAMPLING)
+    sid = uuid.uuid4().hex
+    conn = await YapConnection.open(url, API_KEY)
+    try:
+        ready = await conn.turn("start", sid, {"chat_prompt": system, "history": history, "sampling": sampling}, wait_s=120)
+        assert ready.end == "ready", (ready.end, ready.error)
+        samples = []
+        for user in users:
+            await asyncio.sleep(idle_s)
+            sent = time.time()
+            samples.append(turn_sample(await conn.turn("message", sid, {"user_utterance": user, "sampling": sampling}, wait_s=120), sent))
+        return samples
+    finally:
+        spinner.cancel()
+        await conn.close()
+
+
 async def _ws_worker(url: str, pairs: list[tuple[str, str]], warm: bool, start_at: float, spin: bool) -> list[dict[str, float]]:
     from yap_core.wsclient import YapConnection
 
@@ -552,14 +594,7 @@ async def _ws_worker(url: str, pairs: list[tuple[str, str]], warm: bool, start_a
             else:
                 turn = await conn.turn("start", sid, {"chat_prompt": system, "user_utterance": user,
                                                       "sampling": sampling}, wait_s=120)  # fmt: skip
-            assert turn.end == "done", (turn.end, turn.error)
-            usage = turn.usage or {}
-            return {"ttft_ms": turn.first_token_s * 1e3 if turn.first_token_s is not None else None,
-                    "tokens": usage.get("completion_tokens", 0), "prompt_tokens": usage.get("prompt_tokens", 0),
-                    "cached": usage.get("cached_prompt_tokens", 0), "end_abs": sent + turn.total_s,
-                    "server_ttft_ms": usage.get("ttft_ms"), "request_id": turn.request_id, "sent_at": turn.sent_at,
-                    "first_at": None if turn.first_token_s is None else turn.sent_at + turn.first_token_s,
-                    "token_frames": sum(1 for f in turn.frames if f.type == "token")}  # fmt: skip
+            return turn_sample(turn, sent)
 
         return await asyncio.gather(*[one(c, sid, s, u) for c, sid, (s, u) in zip(conns, sids, pairs, strict=True)])
     finally:
@@ -693,6 +728,12 @@ async def ws_measure(front: Front, args: argparse.Namespace, start_s: float, *, 
         parts = await asyncio.gather(*futures)
         samples = [x for part in parts for x in part]
         wall = max(x["end_abs"] for x in samples) - start_at
+        await with_timings(samples)
+        cpu = (front_cpu() - cpu0) / wall
+        return samples, wall, cpu
+
+    async def with_timings(samples: list[dict[str, Any]]) -> None:
+        """Each turn's server-side split from the timing log, and the two hops."""
         await asyncio.sleep(0.05)  # the log lines of the last turns
         logged = timings()
         for x in samples:
@@ -705,8 +746,6 @@ async def ws_measure(front: Front, args: argparse.Namespace, start_s: float, *, 
                 x["hop_in_ms"] = (rec["received_at"] - x["sent_at"]) * 1e3
             if rec.get("first_token_at") is not None and x.get("first_at") is not None:
                 x["hop_out_ms"] = (x["first_at"] - rec["first_token_at"]) * 1e3
-        cpu = (front_cpu() - cpu0) / wall
-        return samples, wall, cpu
 
     # warm-up as in the raw phase (also starts the client processes)
     for c in CONCURRENCY:
@@ -730,6 +769,21 @@ async def ws_measure(front: Front, args: argparse.Namespace, start_s: float, *, 
             result[key] = summarize(samples, walls, tokens)
             result[key]["server_main_cpu_cores"] = _r(statistics.median(cpus))
             print(f"[ws] {key}: {result[key]}", flush=True)
+    if 1 in CONCURRENCY and args.session_turns:
+        # One session as a voice app runs it: HISTORY_TURNS earlier turns sent
+        # at start (prefilled), then turns whose history keeps growing (past
+        # HISTORY_MAX_TOKENS, so trimming too), the user's pause before each.
+        # The c=1 cells above open a new session per turn: no history.
+        system, _ = session_texts(600_000 + front.salt, 1)[0]
+        users = [sustained_turn_texts(600_000 + front.salt, k) for k in range(HISTORY_TURNS + args.session_turns)]
+        rng = random.Random(front.salt)
+        history = [m for u in users[:HISTORY_TURNS] for m in ({"role": "user", "content": u},
+                   {"role": "assistant", "content": " ".join(rng.choice(WORDS) for _ in range(100)) + "."})]  # fmt: skip
+        samples = await loop.run_in_executor(pool, ws_session_worker, front.ws_url, system, history,
+                                             users[HISTORY_TURNS:], idle_before_round_s(1))  # fmt: skip
+        await with_timings(samples)
+        result["ws-session/c1/warm"] = summarize(samples[SESSION_SKIP:], [], [])
+        print(f"[ws] ws-session/c1/warm: {result['ws-session/c1/warm']}", flush=True)
     for c in SUSTAIN_C if sustain else ():
         key = f"ws/sustained/c{c}"
         result[key] = summarize_windows([await ws_sustained(front, pool, c)], "server_main_cpu_cores")
@@ -1137,8 +1191,12 @@ def report(raw: dict[str, Any], ws: dict[str, Any]) -> str:
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = [(f"{c} (client spinning)" if c == 1 else str(c), "ws", c) for c in CONCURRENCY]
     rows += [("1 (client parked)", "ws-parked", 1)] if "ws-parked/c1/warm" in ws else []
+    # one session through many turns, its history growing (a voice app's); the others open a session a turn
+    rows += [("1, one session, history growing", "ws-session", 1)] if "ws-session/c1/warm" in ws else []
     for label, name, c in rows:
         for warm in ("cold", "warm"):
+            if f"{name}/c{c}/{warm}" not in ws:
+                continue
             r, s = raw[f"raw/c{c}/{warm}"], ws[f"{name}/c{c}/{warm}"]
             lines.append(f"| {label} | {warm} | {s['ttft_ms_p50']} | {s.get('server_ttft_ms_p50')} | {s.get('submit_ms_p50')} | "
                          f"{s.get('engine_first_ms_p50')} | {s.get('after_engine_ms_p50')} | "
@@ -1205,6 +1263,8 @@ def main() -> None:
     ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="session counts of the round cells")
     ap.add_argument("--sustain", default=",".join(map(str, SUSTAIN_C)), help="session counts of the sustained cells (--sustain= for none)")
     ap.add_argument("--rounds-c1", type=int, default=ROUNDS[1], help="rounds (turns) of each c=1 cell")
+    ap.add_argument("--session-turns", type=int, default=20,
+                    help="ws: turns of the one-session cell (history growing; 0: none); run with c=1")
     ap.add_argument("--sustain-s", type=float, default=SUSTAIN_S, help="seconds of each sustained window")
     ap.add_argument("--blocks", type=int, default=SUSTAIN_BLOCKS, help="both: raw, ws, ws, raw blocks of sustained windows")
     ap.add_argument("--load-procs", type=int, default=4, help="load: processes running in the loaded windows")
