@@ -58,13 +58,23 @@ def test_soak_scripted_ci_size(tmp_path: Path) -> None:
 
 
 def test_soak_hf_engine_small(tmp_path: Path) -> None:
-    # The real model on CPU: few sessions, short replies, one round (most of the time
-    # is loading the model). Slow readers are a property of the server's send queue,
-    # proven on the scripted engine above; here they would only queue CPU generation.
-    report = run_soak(tmp_path, "--engine", "hf", "--sessions", "8", "--duration", "10", "--rounds", "1",
+    # The real model on CPU: few sessions, short replies. Slow readers are a
+    # property of the server's send queue, proven on the scripted engine above;
+    # here they would only queue CPU generation. What the memory checks read:
+    # - a small prefix cache: at its default (16,384 tokens of KV, ~750 MiB for
+    #   this model) it fills through every round by design, and RSS grew
+    #   300-410 MiB in one 10 s round against the 400 MiB limit; 2,048 tokens
+    #   (~95 MiB) fill within the first round;
+    # - two rounds, the second allowed 100 MiB over the first: between rounds
+    #   that ran the same load, torch's allocations moved RSS by up to 65 MiB
+    #   either way (fewer glibc arenas, MALLOC_ARENA_MAX=2, made that rarer).
+    #   A request whose KV were never freed would add ~27 MiB, and a round runs
+    #   ~150 requests: a leak of that kind is GBs.
+    report = run_soak(tmp_path, "--engine", "hf", "--sessions", "8", "--duration", "10", "--rounds", "2",
                       "--slow-readers", "0", "--max-tokens", "4", "--think-ms", "300", "--frame-timeout", "120",
-                      "--max-rss-growth-mib", "400",
-                      "--server-env", "CHAT_TEMPERATURE=0", "--server-env", "CHAT_MAX_OUT=16", timeout=420)
+                      "--max-rss-growth-mib", "400", "--max-round-growth-mib", "100",
+                      "--server-env", "CHAT_TEMPERATURE=0", "--server-env", "CHAT_MAX_OUT=16",
+                      "--server-env", "HF_PREFIX_CACHE_TOKENS=2048", "--server-env", "MALLOC_ARENA_MAX=2", timeout=420)
     check_common(report)
     assert report["engine"] == "hf"
     assert report["endings"].get("done", 0) > 0
