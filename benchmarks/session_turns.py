@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import statistics
 import tempfile
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from yap_core.server_process import ServerProcess
+from yap_core.turn import timing_records
 from yap_core.wsclient import YapConnection
 
 KEY = "session-turns-bench-key"
@@ -81,12 +81,7 @@ async def session(args: argparse.Namespace) -> tuple[list[Any], Path]:
 
 
 def report(args: argparse.Namespace, turns: list[Any], log: Path) -> None:
-    records = {}
-    for line in log.read_text(errors="replace").splitlines():
-        at = line.find("yap.timing: turn ")
-        if at >= 0:
-            rec = json.loads(line[at + len("yap.timing: turn "):])
-            records[rec["request_id"]] = rec
+    records = timing_records(log.read_text(errors="replace"))
     log.unlink(missing_ok=True)
     cols: dict[str, list[float]] = {k: [] for k in ("render", "before engine", "engine", "hop in", "hop out", "added")}
     for t in turns[args.skip:]:

@@ -709,13 +709,9 @@ async def ws_measure(front: Front, args: argparse.Namespace, start_s: float, *, 
 
     def timings() -> dict[str, dict[str, Any]]:
         """The server's TURN_TIMING_LOG lines so far, by request_id."""
-        out = {}
-        for line in log_path.read_text(errors="replace").splitlines():
-            at = line.find("yap.timing: turn ")
-            if at >= 0:
-                rec = json.loads(line[at + len("yap.timing: turn "):])
-                out[rec["request_id"]] = rec
-        return out
+        from yap_core.turn import timing_records
+
+        return timing_records(log_path.read_text(errors="replace"))
 
     async def round_(pairs: list[tuple[str, str]], warm: bool, spin: bool = False) -> tuple[list[dict[str, float]], float, float]:
         procs = min(CLIENT_PROCS, len(pairs))

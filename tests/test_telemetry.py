@@ -20,6 +20,7 @@ from otlp_receiver import OtlpReceiver
 from served import API_KEY, serve
 from yap_core.settings import CoreSettings
 from yap_core.telemetry import PREFIX, Telemetry
+from yap_core.turn import timing_records
 from yap_core.wsclient import YapConnection, new_id
 
 HISTOGRAMS = ("ttft", "request_latency", "token_latency", "connection_duration", "connection_semaphore_wait",
@@ -272,8 +273,7 @@ async def test_turn_timing_log_splits_ttft_on_the_hosts_clock() -> None:
         async with await YapConnection.open(server.ws_url, API_KEY) as conn:
             turns = [await conn.turn("start", new_id(), {"user_utterance": f"hello {i}"}, wait_s=10) for i in range(3)]
         await asyncio.sleep(0.2)
-        lines = [line.split("yap.timing: turn ", 1)[1] for line in server.log_text().splitlines() if "yap.timing: turn " in line]
-    records = {r["request_id"]: r for r in map(json.loads, lines)}
+        records = timing_records(server.log_text())
     for turn in turns:
         assert turn.end == "done", turn
         r = records[turn.request_id]

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -28,6 +28,18 @@ from yap_core.sanitizer import StreamSanitizer
 
 log = logging.getLogger("yap.turn")
 timing_log = logging.getLogger("yap.timing")  # TURN_TIMING_LOG
+_TIMING_MARK = "yap.timing: turn "
+
+
+def timing_records(log_text: str) -> dict[str, dict[str, Any]]:
+    """The TURN_TIMING_LOG lines in a server log's text, by request id (for benchmarks)."""
+    out = {}
+    for line in log_text.splitlines():
+        at = line.find(_TIMING_MARK)
+        if at >= 0:
+            rec = msgspec.json.decode(line[at + len(_TIMING_MARK) :])
+            out[rec["request_id"]] = rec
+    return out
 
 TurnKind = Literal["utterance", "followup"]
 Emit = Callable[[str], bool]  # queue one encoded frame; False: the socket is closing
