@@ -41,6 +41,7 @@ def timing_records(log_text: str) -> dict[str, dict[str, Any]]:
             out[rec["request_id"]] = rec
     return out
 
+
 TurnKind = Literal["utterance", "followup"]
 Emit = Callable[[str], bool]  # queue one encoded frame; False: the socket is closing
 EmitToken = Callable[[str, str, str], bool]  # (session_id, request_id, piece): queue a token piece
