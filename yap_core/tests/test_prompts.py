@@ -332,9 +332,12 @@ def test_cheap_only_when_everything_but_a_short_utterance_is_tokenized(smollm2_t
     system = b.system_prompt("You are Yap.", None, None)
     history = [Message("user", "hi there"), Message("assistant", "Hello! What can I do for you today?")]
     assert not b.cheap(system, history, "and now?")  # the reply was never tokenized
+    assert b.render_inline(system, history, "and now?", 150) is None  # the server renders it in a thread
     b.remember([m.content for m in history])  # what the server does after a turn, in a thread
     assert b.cheap(system, history, "and now?")
     assert not b.cheap(system, history, "x" * 5000)  # a long utterance goes to a thread
+    assert b.render_inline(system, history, "x" * 5000, 150) is None
+    assert b.render_inline(system, history, "so?", 150) == b.render(system, history, "so?", 150)
     b.render(system, history, "first?", 150)  # the template's texts for this shape, once
     tok.encoded.clear()
     b.render(system, history, "and now?", 150)
@@ -355,7 +358,8 @@ def test_prepare_leaves_the_next_turn_only_its_utterance(smollm2_tokenizer: Any)
     b.prepare(system, history, [m.content for m in history[-2:]])
     tok.encoded.clear()
     tok.rendered = 0
-    r = b.render(system, history, "and now?", 150)
+    r = b.render_inline(system, history, "and now?", 150)  # prepared: on the event loop
+    assert r is not None
     assert tok.rendered == 0
     assert tok.encoded == ["and now?"]
     assert r.text == template(smollm2_tokenizer, system, history, "and now?")

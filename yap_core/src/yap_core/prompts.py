@@ -240,41 +240,57 @@ class PromptBuilder:
 
     def render(self, system: str, history: Sequence[Message], user_text: str, max_out: int) -> RenderedPrompt:
         """The prompt for one turn, trimmed to the budgets."""
-        user = self._clean(user_text)
-        if not user:
-            raise PromptError("invalid_payload", "payload.user_utterance", "user_utterance is empty")
-        user, user_tokens = self._cap_user(user)
-        ready = self._prepared_for(system, history)
-        if ready is not None:
-            ids = self._ids(user)
-            # The history prepare() kept fits HISTORY_MAX_TOKENS whatever the
-            # utterance, and the context with no utterance and no reply. Each
-            # longer history failed one of the two, and would fail again with
-            # them: so it is what _fit would keep, if it still fits the context.
-            if ready.length + len(ids) <= self.max_model_len - max_out:
-                return RenderedPrompt(
-                    token_ids=ready.head_ids + ids + ready.tail_ids,
-                    text=ready.head_text + user + ready.tail_text,
-                    history_used=ready.kept,
-                    user_tokens=user_tokens,
-                )
-        built, kept = self._fit(system, history, user, max_out)
-        return RenderedPrompt(token_ids=built.ids, text=built.text, history_used=kept, user_tokens=user_tokens)
+        return self._render(system, history, user_text, max_out, self._prepared_for(system, history))
+
+    def render_inline(
+        self, system: str, history: Sequence[Message], user_text: str, max_out: int
+    ) -> RenderedPrompt | None:
+        """``render``, when that is little enough work for the event loop (see
+        ``cheap``); None otherwise, and the caller renders in a thread."""
+        inline, ready = self._inline(system, history, user_text)
+        return self._render(system, history, user_text, max_out, ready) if inline else None
 
     def cheap(self, system: str, history: Sequence[Message], user_text: str) -> bool:
         """Is rendering this turn little enough work for the event loop? True
-        when every earlier content is tokenized already (see ``remember``) and
-        the utterance is short; the caller otherwise renders in a thread.
+        when the next prompt was prepared (see ``prepare``), or every earlier
+        content is tokenized already (see ``remember``), and the utterance is
+        short; the caller otherwise renders in a thread.
         Only new tokenization counts: the Rust tokenizer releases the GIL, so a
         thread helps there. The rest (the template render, ~0.1 ms per 1,000
         characters of conversation) is pure Python holding the GIL: in a thread
         it would stall the loop just the same, plus the hop."""
+        return self._inline(system, history, user_text)[0]
+
+    def _inline(self, system: str, history: Sequence[Message], user_text: str) -> tuple[bool, _Prepared | None]:
+        """``cheap``'s answer, and the prepared prompt it found (looked up once a turn)."""
         if not self.split_contents or len(user_text) > INLINE_NEW_CHARS:
-            return False
-        if self._prepared_for(system, history) is not None:
-            return True
+            return False, None
+        ready = self._prepared_for(system, history)
+        if ready is not None:
+            return True, ready
         cache = self._ids_cache
-        return self._clean(system) in cache and all(self._clean(m.content) in cache for m in history)
+        return self._clean(system) in cache and all(self._clean(m.content) in cache for m in history), None
+
+    def _render(
+        self, system: str, history: Sequence[Message], user_text: str, max_out: int, ready: _Prepared | None
+    ) -> RenderedPrompt:
+        user = self._clean(user_text)
+        if not user:
+            raise PromptError("invalid_payload", "payload.user_utterance", "user_utterance is empty")
+        user, ids = self._cap_user(user)
+        # The history prepare() kept fits HISTORY_MAX_TOKENS whatever the
+        # utterance, and the context with no utterance and no reply. Each
+        # longer history failed one of the two, and would fail again with
+        # them: so it is what _fit would keep, if it still fits the context.
+        if ready is not None and ready.length + len(ids) <= self.max_model_len - max_out:
+            return RenderedPrompt(
+                token_ids=ready.head_ids + ids + ready.tail_ids,
+                text=ready.head_text + user + ready.tail_text,
+                history_used=ready.kept,
+                user_tokens=len(ids),
+            )
+        built, kept = self._fit(system, history, user, max_out)
+        return RenderedPrompt(token_ids=built.ids, text=built.text, history_used=kept, user_tokens=len(ids))
 
     def known_system_prompt(self, chat_prompt: str | None) -> bool:
         """Is ``system_prompt`` for this chat prompt only cache lookups (it was
@@ -353,12 +369,12 @@ class PromptBuilder:
 
     # --- budgets ---------------------------------------------------------------
 
-    def _cap_user(self, user: str) -> tuple[str, int]:
-        """Keep the beginning of the utterance within USER_UTT_MAX_TOKENS."""
+    def _cap_user(self, user: str) -> tuple[str, tuple[int, ...]]:
+        """Keep the beginning of the utterance within USER_UTT_MAX_TOKENS; with its ids."""
         ids = self._ids(user)
         limit = self._settings.user_utt_max_tokens
         if len(ids) <= limit:
-            return user, len(ids)
+            return user, ids
         cut = limit
         while True:
             text = self._tok.decode(ids[:cut], skip_special_tokens=True)
@@ -368,7 +384,7 @@ class PromptBuilder:
                 cut -= 1
                 continue
             text = text.strip()
-            return text, len(self._ids(text))
+            return text, self._ids(text)
 
     def _fit(
         self, system: str, history: Sequence[Message], user: str, max_out: int

@@ -293,12 +293,11 @@ class TurnRunner:
         self.render_started_at = time.perf_counter()
         history = tuple(self.history)
         max_out = self.spec.sampling.max_tokens
-        self.rendered_inline = builder.cheap(self.system, history, model_text)
-        if self.rendered_inline:
-            # Everything but a short utterance is tokenized already: rendering
-            # here costs less than the hop to a worker thread would.
-            rendered = builder.render(self.system, history, model_text, max_out)
-        else:
+        # Prepared, or everything but a short utterance tokenized already:
+        # rendering here costs less than the hop to a worker thread would.
+        rendered = builder.render_inline(self.system, history, model_text, max_out)
+        self.rendered_inline = rendered is not None
+        if rendered is None:
             rendered = await asyncio.to_thread(builder.render, self.system, history, model_text, max_out)
         self.rendered = rendered
         self.rendered_at = time.perf_counter()
