@@ -392,24 +392,31 @@ def test_a_prepared_turn_renders_without_trimming_or_joining_again(smollm2_token
     b._fit = fit  # type: ignore[method-assign]
 
 
-def test_a_session_started_with_history_is_prepared_by_its_prefill(smollm2_tokenizer: Any) -> None:
-    """`start` with a history and no utterance runs prefix() (the prefill):
-    the first turn after it renders from what prefix() kept, and begins
-    with exactly the prefilled ids."""
+@pytest.mark.parametrize("turns", [4, 0])
+def test_a_session_started_without_an_utterance_is_prepared_by_its_prefill(smollm2_tokenizer: Any, turns: int) -> None:
+    """`start` without an utterance runs prefix() (the prefill), with a
+    history or none: the first turn after it renders from what prefix()
+    kept, and begins with exactly the prefilled ids."""
     b = build(smollm2_tokenizer)
     system = b.system_prompt("You are Yap.", None, None)
-    history = conversation(4)
+    history = conversation(turns)
     pre = b.prefix(system, history)
 
     def no_fit(*args: Any) -> Any:
         raise AssertionError("rendered the long way")
 
     b._fit = no_fit  # type: ignore[method-assign]
-    r = b.render(system, history, "and now?", 150)
+    r = b.render(system, list(history), "and now?", 150)  # another list of the same messages: the session's
     assert r.token_ids[: len(pre)] == pre
+    assert r.history_used == turns * 2
     assert list(r.token_ids) == smollm2_tokenizer.encode(
         template(smollm2_tokenizer, system, history, "and now?"), add_special_tokens=False
     )
+    with pytest.raises(AssertionError, match="the long way"):
+        b.render("Another system prompt.", history, "and now?", 150)
+    if not turns:
+        with pytest.raises(AssertionError, match="the long way"):
+            b.render(system, conversation(1), "and now?", 150)
 
 
 def test_prefix_trims_for_a_full_reply_when_the_context_binds(smollm2_tokenizer: Any) -> None:
@@ -426,7 +433,7 @@ def test_prefix_trims_for_a_full_reply_when_the_context_binds(smollm2_tokenizer:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    turns=st.integers(min_value=1, max_value=30),
+    turns=st.integers(min_value=0, max_value=30),
     user=st.sampled_from(["ok?", "Tell me about " + "the weather and the news " * 6, *TRICKY]),
     max_out=st.sampled_from([1, 150, 600]),
     limits=st.sampled_from([({}, 4096), ({"history_max_tokens": 150}, 4096), ({}, 700), ({}, 1000)]),
@@ -440,7 +447,8 @@ def test_a_prepared_render_equals_the_long_way(
     at the context, or not at all)."""
     core, max_model_len = limits
     history = conversation(turns)
-    history[-1] = Message("assistant", TRICKY[turns % len(TRICKY)])
+    if history:
+        history[-1] = Message("assistant", TRICKY[turns % len(TRICKY)])
     prepared, plain = build(smollm2_tokenizer, max_model_len, **core), build(smollm2_tokenizer, max_model_len, **core)
     system = prepared.system_prompt(None, "tutor", "female")
     prepared.prepare(system, history, [m.content for m in history[-2:]])

@@ -153,15 +153,17 @@ class _Assembled:
 class _Prepared:
     """A session's next prompt without its utterance (``PromptBuilder.prepare``):
     the ids and text before the utterance, joined, and the template text after
-    it. Valid for the history it was made from: sessions only ever append to
-    their history, so its length and its last message (held here, so its id
-    is not reused) name it."""
+    it. Valid for the system prompt and history it was made from: sessions
+    only ever append to their history, so the system prompt, the history's
+    length and its last message (held here, so its id is not reused) name it.
+    An empty history is named by the system prompt alone: every session that
+    shares it starts from one entry."""
 
-    __slots__ = ("system", "last", "head_ids", "head_text", "tail_ids", "tail_text", "length", "kept")
+    __slots__ = ("last", "head_ids", "head_text", "tail_ids", "tail_text", "length", "kept")
 
-    def __init__(self, system: str, last: Message, built: _Assembled, kept: int) -> None:
+    def __init__(self, last: Message | None, built: _Assembled, kept: int) -> None:
         assert built.seg_lens is not None and built._chunks is not None and built._conv is not None
-        self.system, self.last, self.kept = system, last, kept
+        self.last, self.kept = last, kept
         chunks = built._chunks  # [template header, content, text after it, ..., utterance (empty), text after]
         head: list[int] = []
         for chunk in chunks[:-2]:
@@ -197,8 +199,9 @@ class PromptBuilder:
         self._cleaned: _LRU[str, str] = _LRU(cache_size)
         self._skeletons: _LRU[tuple[str, ...], tuple[str, ...] | tuple[()]] = _LRU(256)
         self._skeleton_ids: _LRU[tuple[str, ...], tuple[tuple[int, ...], ...]] = _LRU(256)
-        # Each session's next prompt, from prepare(): (id of the last history message, history length) -> entry
-        self._prepared: _LRU[tuple[int, int], _Prepared] = _LRU(prepared_size)
+        # Each session's next prompt, from prepare() and prefix():
+        # (system prompt as rendered, id of the last history message, history length) -> entry
+        self._prepared: _LRU[tuple[str, int, int], _Prepared] = _LRU(prepared_size)
         # Contents must not smuggle control tokens (a user typing "<|im_end|>"
         # would otherwise open a fake system turn): they are removed.
         specials = sorted(getattr(tokenizer, "all_special_tokens", None) or [], key=len, reverse=True)
@@ -334,15 +337,15 @@ class PromptBuilder:
         built, kept = self._fit(system, history, "", 0)
         # Only a proven template's assembly, contents tokenized apart: the
         # utterance's ids and text then slot in between, as _assemble would put them.
-        if history and self.split_contents and built.seg_lens is not None and built._text is None:
-            self._prepared.put((id(history[-1]), len(history)), _Prepared(self._clean(system), history[-1], built, kept))
+        if self.split_contents and built.seg_lens is not None and built._text is None:
+            last = history[-1] if history else None
+            self._prepared.put((self._clean(system), id(last), len(history)), _Prepared(last, built, kept))
         return built, kept
 
     def _prepared_for(self, system: str, history: Sequence[Message]) -> _Prepared | None:
-        if not history:
-            return None
-        ready = self._prepared.get((id(history[-1]), len(history)))
-        if ready is None or ready.last is not history[-1] or ready.system != self._clean(system):
+        last = history[-1] if history else None
+        ready = self._prepared.get((self._clean(system), id(last), len(history)))
+        if ready is None or ready.last is not last:
             return None
         if getattr(self._tok, "chat_template", None) is not self._proven:
             return None  # the template was changed since (see _assemble)
@@ -355,7 +358,7 @@ class PromptBuilder:
         session's start: the system prompt's pieces are learned here too."""
         if self.pieces is not None:
             self.pieces.learn(system)
-        # Kept for the first turn's render too (a session started with a history).
+        # Kept for the first turn's render too, with or without a history.
         built, n = self._fit_and_keep(system, history)
         if built.length > self.max_model_len - self._settings.chat_max_out:
             # The context binds: trim as a turn with a full reply would be.
