@@ -1,5 +1,10 @@
 """One utterance's token ids after an idle gap: the Rust tokenizer's encode
 against the ASCII piece cache (yap_core/pieces.py), p50 of N turns per gap.
+The last two columns are an utterance with one word the cache has not seen
+(a new name): the cache encodes that word alone (``ids(text, new=...)``).
+Then a new session's system prompt (~550 tokens of words seen before, with a
+name and a number not seen): encoded whole, and from the cache with its new
+pieces encoded alone, after a 300 ms sleep each.
 
     python benchmarks/piece_cache_bench.py [TOKENIZER_DIR] [--turns 30]
 
@@ -48,12 +53,15 @@ def main() -> None:
     texts = [f"{UTTERANCE} ({i % 7})?" for i in range(args.turns)]
     for text in texts:
         cache.learn(text)
-    print(f"{'gap ms':>8} {'Rust encode p50 us':>20} {'piece cache p50 us':>20}")
-    for gap in GAPS_MS:
+    print(f"{'':>8} {'known words:':>20} {'':>20} {'one new word:':>20}")
+    print(f"{'gap ms':>8} {'Rust encode p50 us':>20} {'piece cache p50 us':>20} {'Rust encode p50 us':>20} {'piece cache p50 us':>20}")
+    for n, gap in enumerate(GAPS_MS):
         row = []
-        for encode in (rust, cache.ids):
+        fresh = [f"{UTTERANCE}, {_name(n, i)}?" for i in range(args.turns)]  # never seen: one new piece each
+        other = [f"{UTTERANCE}, {_name(n + 100, i)}?" for i in range(args.turns)]  # the same, for Rust
+        for encode, batch in ((rust, texts), (cache.ids, texts), (rust, other), (lambda t: cache.ids(t, 1), fresh)):
             spent = []
-            for text in texts:
+            for text in batch:
                 until = time.perf_counter() + gap / 1e3
                 while time.perf_counter() < until:
                     pass
@@ -62,7 +70,34 @@ def main() -> None:
                 spent.append((time.perf_counter() - t0) * 1e6)
                 assert ids == rust(text)
             row.append(statistics.median(spent[3:]))
-        print(f"{gap:>8g} {row[0]:>20.1f} {row[1]:>20.1f}")
+        print(f"{gap:>8g} " + " ".join(f"{x:>20.1f}" for x in row))
+    system_prompts(cache, rust, args.turns)
+
+
+def system_prompts(cache: PieceCache, rust: Any, turns: int) -> None:
+    words = UTTERANCE.split() * 24
+
+    def prompt(k: int) -> str:
+        return f"You are talking to {_name(500, k)}, customer {k}. " + " ".join(words) + "."
+
+    cache.learn(prompt(10_000))
+    spent: dict[str, list[float]] = {"whole": [], "cache": []}
+    for i in range(turns):
+        for label, encode, text in (("whole", rust, prompt(2 * i)), ("cache", lambda t: cache.ids(t, 3), prompt(2 * i + 1))):
+            time.sleep(0.3)
+            t0 = time.perf_counter()
+            ids = encode(text)
+            spent[label].append((time.perf_counter() - t0) * 1e6)
+            assert ids == rust(text)
+    n = len(rust(prompt(0)))
+    print(f"a new system prompt of {n} tokens after 300 ms asleep, p50: Rust encode "
+          f"{statistics.median(spent['whole']):.0f} us, piece cache with its new pieces {statistics.median(spent['cache']):.0f} us")
+
+
+def _name(n: int, i: int) -> str:
+    """A made-up name, letters only (one piece), distinct for each (n, i)."""
+    k = n * 1000 + i
+    return "Zor" + "".join(chr(97 + (k // 26**j) % 26) for j in range(3))
 
 
 if __name__ == "__main__":

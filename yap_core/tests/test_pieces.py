@@ -70,6 +70,47 @@ def test_unknown_pieces_non_ascii_and_added_tokens_go_to_the_tokenizer(cache: Pi
     assert cache.ids("a <|im_end|> b") is None
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(st.sampled_from(WORDS), min_size=1, max_size=8),
+    st.lists(st.text(alphabet="qxzjkvwQXZ0123456789", min_size=1, max_size=9), max_size=4),
+)
+def test_a_text_with_a_few_new_pieces_encodes_them_alone_and_keeps_them(
+    smollm2_tokenizer: Any, words: list[str], new: list[str]
+) -> None:
+    """An utterance with a name or number not seen yet: up to ``new`` unknown
+    pieces are encoded one by one, the text's ids are still the tokenizer's,
+    and those pieces are known afterwards; with more, the caller encodes whole."""
+    calls: list[str] = []
+    encode = encoder(smollm2_tokenizer)
+
+    def counting(text: str) -> Any:
+        calls.append(text)
+        return encode(text)
+
+    cache = PieceCache(translate(GPT2_EXPRESSION) or "", counting)
+    cache.learn(" ".join(words))
+    text = " ".join(words + new)
+    unknown = {p for p in cache._split(text) if p not in cache._pieces}
+    calls.clear()
+    got = cache.ids(text, new=3)
+    if len(unknown) > 3:
+        assert got is None and calls == []
+        return
+    assert got == tuple(encode(text))
+    assert sorted(calls) == sorted(unknown)  # each new piece alone, never the whole text
+    calls.clear()
+    assert cache.ids(text) == got and calls == []
+
+
+def test_new_pieces_are_not_added_to_a_full_cache(smollm2_tokenizer: Any) -> None:
+    cache = PieceCache(translate(GPT2_EXPRESSION) or "", encoder(smollm2_tokenizer), max_pieces=3)
+    cache.learn("one two")
+    assert len(cache) == 2
+    assert cache.ids("one two three", new=3) is not None  # room for one more
+    assert cache.ids("one two four", new=3) is None and len(cache) == 3
+
+
 def test_a_split_that_disagrees_with_the_tokenizer_turns_the_cache_off(
     smollm2_tokenizer: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -57,6 +57,10 @@ __all__ = ["Message", "Personas", "PromptBuilder", "PromptError", "RenderedPromp
 # ~0.1 ms of tokenizer work, less than a hop to a worker thread and back costs.
 INLINE_NEW_CHARS = 1000
 
+# Pieces of a text the piece cache may encode one by one (each a tokenizer
+# call) before the text is encoded whole instead.
+NEW_PIECES = 3
+
 log = logging.getLogger(__name__)
 
 # A history message as rendered: role, content (cleaned), the content's ids.
@@ -561,7 +565,7 @@ class PromptBuilder:
     def _ids(self, text: str) -> tuple[int, ...]:
         ids = self._ids_cache.get(text)
         if ids is None:
-            ids = self.pieces.ids(text) if self.pieces is not None else None
+            ids = self.pieces.ids(text, NEW_PIECES) if self.pieces is not None else None
             if ids is None:
                 ids = tuple(self._encode(text))
             self._ids_cache.put(text, ids)
