@@ -42,7 +42,11 @@ GAPS = ["", " ", "  ", "\n", "\n\n", "\t", " \n "]
 def test_any_ascii_text_learned_encodes_as_the_tokenizer_does(cache: PieceCache, smollm2_tokenizer: Any, text: str) -> None:
     cache.learn(text)
     assert cache.on, f"the cache turned itself off on {text!r}"
-    assert cache.ids(text) == tuple(encoder(smollm2_tokenizer)(text))
+    added = [t.content for t in smollm2_tokenizer.added_tokens_decoder.values()]
+    if any(a in text for a in added):  # Hypothesis also draws this file's literals, "<|im_end|>" among them
+        assert cache.ids(text) is None  # the tokenizer splits those out first: never served
+    else:
+        assert cache.ids(text) == tuple(encoder(smollm2_tokenizer)(text))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -389,7 +389,46 @@ def test_a_prepared_turn_renders_without_trimming_or_joining_again(smollm2_token
             b.render(system, other, "and now?", 150)
     with pytest.raises(AssertionError, match="the long way"):
         b.render("Another system prompt.", history, "and now?", 150)
+    # The same history as new messages (a client that sends it with each `start`): served.
+    assert b.render(system, [Message(m.role, m.content) for m in history], "and now?", 150) == r
+    # One message's content changed, the length the same: not served.
+    changed = [*history[:2], Message("assistant", "It is not 2."), *history[3:]]
+    with pytest.raises(AssertionError, match="the long way"):
+        b.render(system, changed, "and now?", 150)
     b._fit = fit  # type: ignore[method-assign]
+
+
+def test_messages_older_than_the_budget_walk_do_not_change_a_prepared_prompt(smollm2_tokenizer: Any) -> None:
+    """With the history budget binding, what came before the newest messages
+    the budget walk looked at cannot reach the prompt: a history that differs
+    there is served from the prepared prompt, and gets what the long way gives."""
+    prepared, plain = build(smollm2_tokenizer, history_max_tokens=60), build(smollm2_tokenizer, history_max_tokens=60)
+    system = prepared.system_prompt("You are Yap.", None, None)
+    history = conversation(20)
+    prepared.prepare(system, history, [m.content for m in history[-2:]])
+    want = plain.render(system, history, "and now?", 150)
+    assert 0 < want.history_used < 20
+    older = [Message(m.role, m.content.upper()) for m in history[:10]] + history[10:]
+
+    def no_fit(*args: Any) -> Any:
+        raise AssertionError("rendered the long way")
+
+    fit = prepared._fit
+    prepared._fit = no_fit  # type: ignore[method-assign]
+    assert prepared.render(system, older, "and now?", 150) == plain.render(system, older, "and now?", 150) == want
+    prepared._fit = fit  # type: ignore[method-assign]
+    # Any one message made short (the one that stopped the walk included):
+    # served or not, the prompt is what the long way gives.
+    for k in range(len(history)):
+        variant = [*history[:k], Message(history[k].role, "ok"), *history[k + 1 :]]
+        assert prepared.render(system, variant, "and now?", 150) == plain.render(system, variant, "and now?", 150), k
+    # A long message stops the walk with room to spare: made short, it fits.
+    history = [Message("user", "Tell me about it. " * 20), Message("assistant", "Sure."), *conversation(1)]
+    prepared.prepare(system, history, [m.content for m in history[-2:]])
+    assert plain.render(system, history, "and now?", 150).history_used == 2
+    variant = [Message("user", "ok"), *history[1:]]
+    assert prepared.render(system, variant, "and now?", 150) == plain.render(system, variant, "and now?", 150)
+    assert plain.render(system, variant, "and now?", 150).history_used == 4
 
 
 @pytest.mark.parametrize("turns", [4, 0])
@@ -460,6 +499,8 @@ def test_a_prepared_render_equals_the_long_way(
             prepared.render(system, history, user, max_out)
         return
     assert prepared.render(system, history, user, max_out) == want
+    copied = [Message(m.role, m.content) for m in history]  # a client's own copy of the history
+    assert prepared.render(system, copied, user, max_out) == want
 
 
 # --- templates that do not allow segment-wise ids ----------------------------------
