@@ -15,6 +15,7 @@ from yap_engines_vllm.quantizer import (
     METADATA_FILE,
     LlmCompressorQuantizer,
     QuantMetadata,
+    group_size,
     load_calibration,
     write_metadata,
 )
@@ -132,6 +133,16 @@ def test_an_identical_build_is_reused_and_a_different_one_needs_llmcompressor(tm
             q.build("m", "w4a16", out, calibration=cfg)  # other format: must build, and cannot here
     with pytest.raises(ValueError, match="not built by llmcompressor"):
         q.build("m", "nvfp4", out, calibration=cfg)
+
+
+def test_group_size_is_the_widest_that_divides_every_layer():
+    """llmcompressor refuses a group size that does not divide a layer's
+    input width (SmolLM2-135M is 576 wide: found building it for real)."""
+    assert group_size([("q_proj", 2048), ("down_proj", 8192)]) == 128
+    assert group_size([("q_proj", 576), ("down_proj", 1536)]) == 64
+    assert group_size([("q_proj", 96)]) == 32
+    with pytest.raises(ValueError, match=r"odd_proj takes 100 inputs.*\(128, 64, 32\)"):
+        group_size([("q_proj", 128), ("odd_proj", 100)])
 
 
 # --- settings ----------------------------------------------------------------

@@ -8,11 +8,17 @@ symmetric 4-bit groups (W4A16). Calibration text comes from a local file
 only (JSONL with a ``text`` field, or plain text, one sample per non-empty
 line), never from a hub. A ``yap-quant.json`` metadata file records what was
 built; a build with identical inputs is reused unless ``force``.
+
+Groups are 128 weights wide, the presets' size, when every quantized layer's
+input width divides by it; else the largest of 64 and 32 that does (SmolLM2
+is 576 wide), which vLLM's 4-bit kernels also take. llmcompressor refuses a
+size that does not divide, so the choice is made here and said.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import msgspec
@@ -25,6 +31,9 @@ METADATA_FILE = "yap-quant.json"
 # format -> llmcompressor scheme; 4-bit weight kernels (Marlin) exist from SM 8.0 (Ampere)
 _SCHEMES = {"awq": "W4A16_ASYM", "w4a16": "W4A16"}
 _MIN_SM = (8, 0)
+# 4-bit group sizes vLLM's kernels take (Marlin: marlin_utils.MARLIN_SUPPORTED_GROUP_SIZES), widest first
+_GROUP_SIZES = (128, 64, 32)
+_IGNORED = ["lm_head"]
 
 
 class QuantMetadata(msgspec.Struct, kw_only=True):
@@ -38,6 +47,7 @@ class QuantMetadata(msgspec.Struct, kw_only=True):
     tool: str  # "llmcompressor <version>"
     built_at: str
     seconds: float
+    group_size: int = 128  # weights per quantization group
 
 
 class LlmCompressorQuantizer:
@@ -72,9 +82,10 @@ class LlmCompressorQuantizer:
             return BuildResult(out_dir=str(out_dir), format=fmt, metadata_file=str(out_dir / METADATA_FILE), reused=True)
         try:
             import llmcompressor
+            from compressed_tensors.quantization import preset_name_to_scheme
             from llmcompressor import oneshot
-            from llmcompressor.modifiers.awq import AWQModifier
-            from llmcompressor.modifiers.quantization import GPTQModifier
+            from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
+            from llmcompressor.modifiers.transform import AWQModifier
         except ImportError as exc:
             raise RuntimeError(
                 "llmcompressor is not installed: pip install 'yap-engines-vllm[quantize]'"
@@ -89,9 +100,15 @@ class LlmCompressorQuantizer:
         encoded = tokenizer(texts, max_length=calibration.seq_len, truncation=True, add_special_tokens=False)
         dataset = Dataset.from_dict(dict(encoded))
         scheme = _SCHEMES[fmt]
-        modifier_type = AWQModifier if fmt == "awq" else GPTQModifier
-        recipe = [modifier_type(targets=["Linear"], scheme=scheme, ignore=["lm_head"])]
-        say(f"calibrating {fmt} ({scheme}) on {len(texts)} samples from {source}")
+        group = group_size(_linear_widths(lm))
+        if group != _GROUP_SIZES[0]:
+            say(f"group size {group}: a layer's input width does not divide by {_GROUP_SIZES[0]}")
+        weights = preset_name_to_scheme(scheme, ["Linear"])
+        weights.weights.group_size = group
+        groups = {"config_groups": {"group_0": weights}, "ignore": _IGNORED}
+        # AWQ: activation-aware scaling first, then round to nearest; GPTQ does both in one.
+        recipe = [AWQModifier(), QuantizationModifier(**groups)] if fmt == "awq" else [GPTQModifier(**groups)]
+        say(f"calibrating {fmt} ({scheme}, groups of {group}) on {len(texts)} samples from {source}")
         oneshot(model=lm, dataset=dataset, recipe=recipe, max_seq_length=calibration.seq_len,
                 num_calibration_samples=len(texts))  # fmt: skip
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -102,10 +119,30 @@ class LlmCompressorQuantizer:
             num_samples=len(texts), seq_len=calibration.seq_len,
             tool=f"llmcompressor {getattr(llmcompressor, '__version__', '?')}",
             built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), seconds=round(time.perf_counter() - t0, 1),
+            group_size=group,
         )  # fmt: skip
         write_metadata(out_dir, meta)
         say(f"wrote {out_dir} in {meta.seconds} s")
         return BuildResult(out_dir=str(out_dir), format=fmt, metadata_file=str(out_dir / METADATA_FILE))
+
+
+def group_size(widths: Iterable[tuple[str, int]]) -> int:
+    """The widest group size that divides every (layer, input width); a
+    ValueError naming the layer when none does."""
+    widths = list(widths)
+    for size in _GROUP_SIZES:
+        if all(width % size == 0 for _, width in widths):
+            return size
+    name, width = next((n, w) for n, w in widths if w % _GROUP_SIZES[-1])
+    raise ValueError(f"{name} takes {width} inputs: no 4-bit group size vLLM supports ({', '.join(map(str, _GROUP_SIZES))}) divides it")
+
+
+def _linear_widths(model: object) -> list[tuple[str, int]]:
+    """(name, input width) of each linear layer the recipe quantizes."""
+    import torch
+
+    return [(name, module.in_features) for name, module in model.named_modules()  # type: ignore[attr-defined]
+            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] not in _IGNORED]  # fmt: skip
 
 
 def load_calibration(calibration: CalibrationConfig) -> tuple[list[str], str, str]:
