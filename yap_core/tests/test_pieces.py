@@ -26,6 +26,18 @@ def encoder(tok: Any) -> Any:
     return lambda text: backend.encode(text, add_special_tokens=False).ids
 
 
+def counting_cache(tok: Any) -> tuple[PieceCache, list[str]]:
+    """A GPT-2-split cache on ``tok``, and the texts it has sent to the tokenizer."""
+    calls: list[str] = []
+    encode = encoder(tok)
+
+    def counting(text: str) -> Any:
+        calls.append(text)
+        return encode(text)
+
+    return PieceCache(translate(GPT2_EXPRESSION) or "", counting), calls
+
+
 @pytest.fixture(scope="module")
 def cache(smollm2_tokenizer: Any) -> PieceCache:
     made = PieceCache.for_tokenizer(smollm2_tokenizer, encoder(smollm2_tokenizer))
@@ -85,14 +97,7 @@ def test_a_text_with_a_few_new_pieces_encodes_them_alone_and_keeps_them(
     """An utterance with a name or number not seen yet: up to ``new`` unknown
     pieces are encoded one by one, the text's ids are still the tokenizer's,
     and those pieces are known afterwards; with more, the caller encodes whole."""
-    calls: list[str] = []
-    encode = encoder(smollm2_tokenizer)
-
-    def counting(text: str) -> Any:
-        calls.append(text)
-        return encode(text)
-
-    cache = PieceCache(translate(GPT2_EXPRESSION) or "", counting)
+    cache, calls = counting_cache(smollm2_tokenizer)
     cache.learn(" ".join(words))
     text = " ".join(words + new)
     unknown = {p for p in cache._split(text) if p not in cache._pieces}
@@ -101,7 +106,7 @@ def test_a_text_with_a_few_new_pieces_encodes_them_alone_and_keeps_them(
     if len(unknown) > 3:
         assert got is None and calls == []
         return
-    assert got == tuple(encode(text))
+    assert got == tuple(encoder(smollm2_tokenizer)(text))
     assert sorted(calls) == sorted(unknown)  # each new piece alone, never the whole text
     calls.clear()
     assert cache.ids(text) == got and calls == []
@@ -172,21 +177,14 @@ def test_the_prompt_builder_renders_a_known_utterance_from_the_cache(smollm2_tok
 def test_a_text_learned_once_is_not_encoded_again(smollm2_tokenizer: Any) -> None:
     """A shared system prompt comes back at every session's start: its check
     against the tokenizer runs once."""
-    calls: list[str] = []
-    encode = encoder(smollm2_tokenizer)
-
-    def counting(text: str) -> Any:
-        calls.append(text)
-        return encode(text)
-
-    cache = PieceCache(translate(GPT2_EXPRESSION) or "", counting)
+    cache, calls = counting_cache(smollm2_tokenizer)
     system = "You are a friendly voice assistant. Keep it short."
     cache.learn(system)
     assert system in calls  # checked whole, once
     calls.clear()
     cache.learn(system)
     assert calls == []
-    assert cache.ids(system) == tuple(encode(system))
+    assert cache.ids(system) == tuple(encoder(smollm2_tokenizer)(system))
 
 
 def test_remember_encodes_a_new_reply_whole_only_once(smollm2_tokenizer: Any) -> None:
