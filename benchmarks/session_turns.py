@@ -1,7 +1,7 @@
 """One voice session through `yap serve`: where each turn's time to first
 token goes while its history grows.
 
-    .venv/bin/python benchmarks/session_turns.py [--engine hf] [--turns 30] [--history-turns 10] [--stateless]
+    .venv/bin/python benchmarks/session_turns.py [--engine hf] [--turns 30] [--history-turns 10] [--stateless | --first-turns]
 
 The session opens with a ~600-token system prompt and a history of earlier
 turns (prefilled: `start` without an utterance), then sends `message` turns,
@@ -13,7 +13,9 @@ the two socket hops, and what the server and the sockets added (the client's
 TTFT minus the engine's own). The first turns (--skip) are not counted.
 With --stateless the client keeps the conversation itself, as some
 frameworks do: every turn is a `start` with the system prompt, the whole
-history as it heard it and the utterance.
+history as it heard it and the utterance. With --first-turns every turn is a
+new session's first: `start` without an utterance (the prefill, `ready`),
+then the `message` (as the GPU benchmark's warm cells do).
 
 The default engine is hf (the embedded SmolLM2 on CPU): its own TTFT is tens
 of milliseconds, but what is measured around it does not depend on it.
@@ -77,6 +79,12 @@ async def session(args: argparse.Namespace) -> tuple[list[Any], Path]:
                 if args.stateless:
                     payload = {"chat_prompt": system, "history": history, "user_utterance": user, "sampling": sampling}
                     turn = await conn.turn("start", sid, payload, wait_s=300)
+                elif args.first_turns:
+                    sid = uuid.uuid4().hex
+                    ready = await conn.turn("start", sid, {"chat_prompt": system, "sampling": sampling}, wait_s=300)
+                    assert ready.end == "ready", (ready.end, ready.error)
+                    await asyncio.sleep(args.pause_ms / 1000)
+                    turn = await conn.turn("message", sid, {"user_utterance": user, "sampling": sampling}, wait_s=300)
                 else:
                     turn = await conn.turn("message", sid, {"user_utterance": user, "sampling": sampling}, wait_s=300)
                 assert turn.end == "done", (turn.end, turn.error)
@@ -102,6 +110,7 @@ def report(args: argparse.Namespace, turns: list[Any], log: Path) -> None:
         cols["hop out"].append((t.sent_at + t.first_token_s - rec["first_token_at"]) * 1e3)
         cols["added"].append(client_ms - rec["engine_first_ms"])
     how = "a start with the whole history each turn" if args.stateless else "message turns"
+    how = "each turn a new session's first, after its prefill" if args.first_turns else how
     print(f"engine {args.engine}; {how}; {len(turns) - args.skip} turns counted of {len(turns)}, {args.history_turns} turns of "
           f"history at start, {args.max_tokens}-token replies, {args.pause_ms:g} ms pause before each; p50 / p90 ms:")  # fmt: skip
     for name, xs in cols.items():
@@ -117,7 +126,9 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=40, help="reply length; each reply joins the history")
     ap.add_argument("--pause-ms", type=float, default=300.0, help="before each turn")
     ap.add_argument("--skip", type=int, default=5, help="first turns not counted")
-    ap.add_argument("--stateless", action="store_true", help="every turn a start carrying the whole history")
+    modes = ap.add_mutually_exclusive_group()
+    modes.add_argument("--stateless", action="store_true", help="every turn a start carrying the whole history")
+    modes.add_argument("--first-turns", action="store_true", help="every turn a new session's first, after its prefill")
     args = ap.parse_args()
     t0 = time.perf_counter()
     turns, log = asyncio.run(session(args))
