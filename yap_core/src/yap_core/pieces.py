@@ -116,18 +116,25 @@ class PieceCache:
         if not self._eligible(text):
             return None
         pieces = self._split(text)
-        get = self._pieces.get
-        known = [get(piece) for piece in pieces]
-        if None in known:
-            unknown = {piece for piece, ids in zip(pieces, known, strict=True) if ids is None}
-            if len(unknown) > new or len(self._pieces) + len(unknown) > self._max:
-                return None
-            for piece in unknown:
-                self._pieces[piece] = tuple(self._encode(piece))
-            known = [get(piece) for piece in pieces]
         out: list[int] = []
-        for ids in known:
-            out += ids  # type: ignore[arg-type]
+        get = self._pieces.get
+        for piece in pieces:  # the turn's path: one lookup a piece when all are known
+            known = get(piece)
+            if known is None:
+                return self._with_new(pieces, new)
+            out += known
+        return tuple(out)
+
+    def _with_new(self, pieces: list[str], new: int) -> tuple[int, ...] | None:
+        """``ids`` when a piece is not known: encode up to ``new`` of them, then join."""
+        unknown = {piece for piece in pieces if piece not in self._pieces}
+        if len(unknown) > new or len(self._pieces) + len(unknown) > self._max:
+            return None
+        for piece in unknown:
+            self._pieces[piece] = tuple(self._encode(piece))
+        out: list[int] = []
+        for piece in pieces:
+            out += self._pieces[piece]
         return tuple(out)
 
     def _eligible(self, text: str) -> bool:
