@@ -1,7 +1,7 @@
 """One voice session through `yap serve`: where each turn's time to first
 token goes while its history grows.
 
-    .venv/bin/python benchmarks/session_turns.py [--engine hf] [--turns 30] [--history-turns 10] [--stateless | --first-turns]
+    .venv/bin/python benchmarks/session_turns.py [--engine hf] [--turns 30] [--history-turns 10] [--stateless | --first-turns | --cold-starts]
 
 The session opens with a ~600-token system prompt and a history of earlier
 turns (prefilled: `start` without an utterance), then sends `message` turns,
@@ -15,7 +15,10 @@ With --stateless the client keeps the conversation itself, as some
 frameworks do: every turn is a `start` with the system prompt, the whole
 history as it heard it and the utterance. With --first-turns every turn is a
 new session's first: `start` without an utterance (the prefill, `ready`),
-then the `message` (as the GPU benchmark's warm cells do).
+then the `message` (as the GPU benchmark's warm cells do). With --cold-starts
+every turn is a new session's `start` carrying its system prompt and the
+utterance, no prefill and no history (the GPU benchmark's cold cells): each
+system prompt is the same text with a new caller's number and name.
 
 The default engine is hf (the embedded SmolLM2 on CPU): its own TTFT is tens
 of milliseconds, but what is measured around it does not depend on it.
@@ -40,6 +43,8 @@ from yap_core.wsclient import YapConnection
 KEY = "session-turns-bench-key"
 WORDS = ("weather city music river coffee garden train morning window story evening market letter mountain "
          "question answer friend kitchen dinner holiday summer winter paper number office doctor").split()  # fmt: skip
+NAMES = ("Alice Bruno Chiara Dmitri Esther Farid Greta Hiro Ines Jonas Kemal Lena Mateo Nadia Oskar Priya Quinn Rosa "
+         "Soren Tamar Ugo Vera Wanjiru Xavier Yusuf Zofia").split()  # fmt: skip
 
 
 async def spin() -> None:
@@ -79,6 +84,10 @@ async def session(args: argparse.Namespace) -> tuple[list[Any], Path]:
                 if args.stateless:
                     payload = {"chat_prompt": system, "history": history, "user_utterance": user, "sampling": sampling}
                     turn = await conn.turn("start", sid, payload, wait_s=300)
+                elif args.cold_starts:
+                    sid = uuid.uuid4().hex
+                    own = f"Caller {4000 + len(turns)} is {NAMES[len(turns) % len(NAMES)]}{len(turns) // len(NAMES) or ''}. {system}"
+                    turn = await conn.turn("start", sid, {"chat_prompt": own, "user_utterance": user, "sampling": sampling}, wait_s=300)
                 elif args.first_turns:
                     sid = uuid.uuid4().hex
                     ready = await conn.turn("start", sid, {"chat_prompt": system, "sampling": sampling}, wait_s=300)
@@ -111,6 +120,7 @@ def report(args: argparse.Namespace, turns: list[Any], log: Path) -> None:
         cols["added"].append(client_ms - rec["engine_first_ms"])
     how = "a start with the whole history each turn" if args.stateless else "message turns"
     how = "each turn a new session's first, after its prefill" if args.first_turns else how
+    how = "each turn a new session's start with a new system prompt and the utterance" if args.cold_starts else how
     print(f"engine {args.engine}; {how}; {len(turns) - args.skip} turns counted of {len(turns)}, {args.history_turns} turns of "
           f"history at start, {args.max_tokens}-token replies, {args.pause_ms:g} ms pause before each; p50 / p90 ms:")  # fmt: skip
     for name, xs in cols.items():
@@ -129,6 +139,7 @@ def main() -> None:
     modes = ap.add_mutually_exclusive_group()
     modes.add_argument("--stateless", action="store_true", help="every turn a start carrying the whole history")
     modes.add_argument("--first-turns", action="store_true", help="every turn a new session's first, after its prefill")
+    modes.add_argument("--cold-starts", action="store_true", help="every turn a new session's start with its utterance")
     args = ap.parse_args()
     t0 = time.perf_counter()
     turns, log = asyncio.run(session(args))

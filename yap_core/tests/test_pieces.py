@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yap_core.personas import Personas
 from yap_core.pieces import GPT2_EXPRESSION, PieceCache, translate
-from yap_core.prompts import PromptBuilder
+from yap_core.prompt_types import Message
+from yap_core.prompts import INLINE_NEW_CHARS, PromptBuilder
 from yap_core.settings import Config, CoreSettings
 
 LLAMA3 = (
@@ -205,3 +206,38 @@ def test_remember_encodes_a_new_reply_whole_only_once(smollm2_tokenizer: Any) ->
     builder.remember([reply])
     assert len(whole) == 1
     assert builder._ids(reply) == tuple(encode(reply))
+
+
+def test_a_session_started_with_its_utterance_teaches_the_next_session_its_system_prompt(smollm2_tokenizer: Any) -> None:
+    """No prefill learned the first session's system prompt (it started with
+    its utterance): the work after its turn does. The next session's prompt,
+    the same but for a name and a number, is then counted on the event loop
+    from the pieces (``cheap_system_prompt``), its new pieces encoded alone."""
+    settings_ = Config(env={}, toml={}).section("core", CoreSettings)
+    builder = PromptBuilder(smollm2_tokenizer, settings_, 4096, Personas.load(None))
+    assert builder.pieces is not None
+    encode = encoder(smollm2_tokenizer)
+    calls: list[str] = []
+
+    def counting(text: str) -> Any:
+        calls.append(text)
+        return encode(text)
+
+    builder._encode = builder.pieces._encode = counting  # type: ignore[method-assign]
+    body = " ".join(["You are a calm voice assistant: answer briefly, ask before booking anything."] * 15)
+    first = f"Caller 4711 is Alice. {body}"
+    assert len(first) > INLINE_NEW_CHARS  # long enough that counting it could be a thread's work
+    assert not builder.cheap_system_prompt(first)  # nothing learned yet: encoded whole, in a thread
+    system = builder.system_prompt(first, None, None)
+    builder.render(system, [], "Book a table?", 64)
+    history = [Message("user", "Book a table?"), Message("assistant", "For how many?")]
+    builder.prepare(system, history, ["Book a table?", "For how many?"])
+    calls.clear()
+    second = first.replace("4711", "4712").replace("Alice", "Bruno")
+    assert builder.cheap_system_prompt(second)
+    ids = builder._ids(builder.system_prompt(second, None, None))
+    assert second not in calls  # only its new pieces were encoded, each alone
+    assert calls and all(len(c) <= len(" Bruno") for c in calls)
+    assert ids == tuple(encode(second))
+    strange = f"Caller 4713 is Zed. {body.replace('calm', 'zesty quixotic jovial')}"
+    assert not builder.cheap_system_prompt(strange)  # four new pieces: a whole encode, in a thread

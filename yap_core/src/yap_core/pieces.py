@@ -127,8 +127,14 @@ class PieceCache:
 
     def _with_new(self, pieces: list[str], new: int) -> tuple[int, ...] | None:
         """``ids`` when a piece is not known: encode up to ``new`` of them, then join."""
-        unknown = {piece for piece in pieces if piece not in self._pieces}
-        if len(unknown) > new or len(self._pieces) + len(unknown) > self._max:
+        known = self._pieces
+        unknown: set[str] = set()
+        for piece in pieces:
+            if piece not in known:
+                unknown.add(piece)
+                if len(unknown) > new:
+                    return None  # early: a text of many new words is not scanned to its end
+        if len(known) + len(unknown) > self._max:
             return None
         for piece in unknown:
             self._pieces[piece] = tuple(self._encode(piece))

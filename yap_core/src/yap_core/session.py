@@ -170,7 +170,7 @@ class SessionHost:
         builder = self.runtime.chat.builder if self.runtime.chat is not None else None
         if builder is not None:
             try:
-                if builder.known_system_prompt(payload.chat_prompt):  # a shared prompt: counted before
+                if builder.cheap_system_prompt(payload.chat_prompt):  # counted before, or from known pieces
                     system = builder.system_prompt(payload.chat_prompt, payload.personality, payload.gender)
                 else:
                     system = await asyncio.to_thread(
