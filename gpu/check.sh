@@ -30,7 +30,7 @@ export PYTHONPATH="$SITE" PATH="$SITE/bin:$PATH" PYTHONUNBUFFERED=1 \
 MODEL="$WH/models/llama-1b"                         # Llama-3.2-1B shape, random weights
 GGUF="$XTRA/SmolLM2-135M-Instruct.Q4_1.gguf"       # real text
 T0=$(date +%s)
-step="${1:?step: recv DIR | setup | smoke | conformance | protocol | bench | bench_si4 | classifier | extras}"
+step="${1:?step: recv DIR | setup | smoke | conformance | protocol | bench | bench_si4 | classifier | extras | quant}"
 shift
 log() { echo "[check $step +$(( $(date +%s) - T0 ))s] $*"; }
 
@@ -176,6 +176,24 @@ yapbench)
     -c 64 -n 128 --turns 3 --max-tokens 150 --prefill --no-progress --json-out "$OUT/yapbench_c64_prefill.json" > "$OUT/yapbench_c64_prefill.txt" 2>&1 || rc=1
   tail -n 20 "$OUT/yapbench_c64_prefill.txt"
   kill $SRV; wait $SRV
+  exit $rc;;
+quant)
+  # A `yap quantize --engine vllm` checkpoint (gpu/pack.sh --quant DIR, carried as
+  # .wh/q1..qN and received with `recv`) loaded by the vLLM engine plugin: what it
+  # detected, the kernel vLLM chose, greedy text, abort, prefill (engine_smoke.py).
+  # ENFORCE_EAGER=1 in the environment skips the CUDA graph capture (a shorter start).
+  cat "$WH"/quant.tar.part-* | tar -x -C "$XTRA" || exit 4
+  rc=4  # stays 4 if no checkpoint with a yap-quant.json arrived
+  for d in "$XTRA"/*/; do
+    [ -f "$d/yap-quant.json" ] || continue
+    name=$(basename "$d"); log "quantized checkpoint $name on vLLM"
+    cp "$d/yap-quant.json" "$OUT/$name.yap-quant.json"
+    if python3 gpu/engine_smoke.py --model "$d" --skip-server --out "$OUT/quant_$name.json" > "$OUT/quant_$name.log" 2>&1; then
+      [ "$rc" = 4 ] && rc=0
+    else rc=1; fi
+    grep -aiE "quantiz|marlin|kernel|Error|Traceback" "$OUT/quant_$name.log" | cut -c1-300 | tail -15
+    python3 -c "import json,sys;d=json.load(open(sys.argv[1]));print({k:d.get(k) for k in ('quantization','engine_start_s','greedy_text','greedy_deterministic','abort','prefill')})" "$OUT/quant_$name.json"
+  done
   exit $rc;;
 healthz)
   # /healthz keeps answering (503 starting) while vLLM starts, then a turn streams.

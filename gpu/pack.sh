@@ -5,9 +5,18 @@
 #                  test tools the GPU image lacks (pytest-asyncio, a recent pytest)
 #   .wh/x1..x3     the SmolLM2 GGUF (real text) and the trained classifier, as
 #                  pieces of one tar (each carried path set stays under 64 MiB)
-# Usage: bash gpu/pack.sh [--no-extras]
+#   .wh/q1..qN     with --quant DIR: only that checkpoint (a `yap quantize` output),
+#                  as pieces of one tar, for `gpu/check.sh quant`
+# Usage: bash gpu/pack.sh [--no-extras] | bash gpu/pack.sh --quant DIR
 set -euo pipefail
 PY=.venv/bin/python
+if [ "${1:-}" = "--quant" ]; then
+  src="${2:?--quant DIR: a checkpoint directory}"
+  rm -rf .wh/q[0-9]* /tmp/yap-quant.tar.part-*
+  tar -C "$(dirname "$src")" -cf - "$(basename "$src")" | split -b 58M -d -a 2 - /tmp/yap-quant.tar.part-
+  i=1; for p in /tmp/yap-quant.tar.part-*; do mkdir -p .wh/q$i; mv "$p" .wh/q$i/quant.tar.$(basename "$p" | sed 's/.*tar\.//'); i=$((i+1)); done
+  du -sh .wh/q*; exit 0
+fi
 rm -rf .wh/c4/proj && mkdir -p .wh/c4/proj
 $PY -m pip wheel -q --no-deps -w .wh/c4/proj ./yap_core ./yap_engines_vllm ./yap_classifier ./yap_engines_trt
 $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
