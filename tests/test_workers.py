@@ -62,7 +62,66 @@ def test_every_worker_serves_on_the_one_port(two_workers: ServerProcess) -> None
     assert {b["worker"]["pid"] for b in seen.values()} == {p.pid for p in procs}
     for body in seen.values():
         assert body["worker"]["count"] == 2
-        assert body["connections"]["max"] == 20  # ceil(39 / 2): the limit is split, not multiplied
+        assert body["worker"]["connections"]["max"] == 20  # ceil(39 / 2): the limit is split, not multiplied
+        assert body["connections"]["max"] == 40  # the deployment's: both workers' rows
+        assert [(w["index"], w["state"]) for w in body["workers"]] == [(0, "ready"), (1, "ready")]
+
+
+def status_from_each_worker(server: ServerProcess) -> dict[int, dict]:
+    """/status as each worker answers it (each GET is a new connection, and
+    the kernel spreads them by address hash)."""
+    seen: dict[int, dict] = {}
+    for _ in range(60):
+        body = status(server)
+        seen.setdefault(body["worker"]["index"], body)
+        if len(seen) == 2:
+            break
+    assert set(seen) == {0, 1}
+    return seen
+
+
+async def test_status_counts_every_workers_sockets_and_turns(tmp_path: Path) -> None:
+    """Whichever worker answers /status, its counts are the deployment's: the
+    sockets and running turns of both workers (the board), with its own under
+    "worker". Before, each worker counted only its own, so at least one of the
+    two answers fell short of the 8 sockets below."""
+    env = {**SCRIPTED, **WORKERS, "SCRIPTED_TOKEN_DELAY_MS": "50", "SCRIPTED_REPEAT": "true", "CHAT_MAX_OUT": "400"}
+    server = ServerProcess(env, log_path=tmp_path / "server.log")
+    await server.start(120)
+    conns = [await YapConnection.open(server.ws_url, KEY) for _ in range(8)]
+    try:
+        sids, rids = [new_id() for _ in conns], [new_id() for _ in conns]
+        for c, sid, rid in zip(conns, sids, rids, strict=True):
+            await c.send("start", sid, rid, {"user_utterance": "go on", "sampling": {"max_tokens": 400}})
+        for c in conns:  # every turn is streaming
+            while (await c.recv(30)).type != "token":
+                pass
+        answers = status_from_each_worker(server)
+        for body in answers.values():
+            assert body["connections"]["active"] == 8 and body["active_turns"] == 8, body
+            assert body["connections"]["available"] == 40 - 8
+            rows = body["workers"]
+            assert sum(r["connections"] for r in rows) == 8 and sum(r["active_turns"] for r in rows) == 8
+            own = rows[body["worker"]["index"]]
+            assert own["pid"] == body["worker"]["pid"]
+            assert own["connections"] == body["worker"]["connections"]["active"]
+            assert own["active_turns"] == body["worker"]["active_turns"]
+        assert {r["pid"] for r in answers[0]["workers"]} == {p.pid for p in workers_of(server)}
+        for c, sid, rid in zip(conns, sids, rids, strict=True):
+            await c.send("cancel", sid, rid, {})
+    finally:
+        for c in conns:
+            await c.close()
+    deadline = time.monotonic() + 30
+    while True:  # the counts go back down as the workers see the sockets close
+        quiet = [
+            b["connections"]["active"] == 0 and b["active_turns"] == 0 for b in status_from_each_worker(server).values()
+        ]
+        if all(quiet) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert all(quiet)
+    await server.stop()
 
 
 async def failed_login(server: ServerProcess) -> str:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 
 from yap_core import __version__ as core_version
+from yap_core.board import Board, WorkerRow
 from yap_core.contracts import Classifier, Engine, Progress, Sampling
 from yap_core.plugins import PluginError, PluginHost, installed_plugins
 from yap_core.settings import Config, CoreSettings
@@ -74,11 +75,14 @@ class Runtime:
         self.telemetry = telemetry or Telemetry(
             config.env, engine=settings.inference_engine, settings=settings, worker=None if worker is None else worker.index
         )
-        self.state: State = "starting"
+        # The workers' shared counts, for a /status of the whole deployment.
+        self.board = None if worker is None or worker.board_fd is None else Board(worker.board_fd, worker.count)
+        self._state: State = "starting"
         self.detail = "loading models"
         self.started_at = time.monotonic()
         self.connections = 0
         self.active_turns = 0
+        self._publish()
         self.host = PluginHost()
         self.selected = settings.plugin_names()
         self.engine: Engine | None = None
@@ -198,6 +202,20 @@ class Runtime:
 
     # --- connections and turns ---------------------------------------------
     @property
+    def state(self) -> State:
+        return self._state
+
+    @state.setter
+    def state(self, value: State) -> None:
+        self._state = value
+        self._publish()
+
+    def _publish(self) -> None:
+        """This worker's counts on the board, after each change (a few hundred ns)."""
+        if self.board is not None and self.worker is not None:
+            self.board.write(self.worker.index, self._state, self.connections, self.max_connections, self.active_turns)
+
+    @property
     def max_connections(self) -> int:
         total = self.settings.max_concurrent_connections
         return total if self.worker is None else self.worker.max_connections(total)
@@ -210,19 +228,23 @@ class Runtime:
         if self.connections >= self.max_connections:
             return False
         self.connections += 1
+        self._publish()
         return True
 
     def release_connection(self) -> None:
         self.connections -= 1
+        self._publish()
 
     def turn_started(self) -> None:
         self.active_turns += 1
         self._turns_idle.clear()
+        self._publish()
 
     def turn_finished(self) -> None:
         self.active_turns -= 1
         if self.active_turns == 0:
             self._turns_idle.set()
+        self._publish()
 
     async def wait_turns_idle(self, seconds: float) -> bool:
         try:
@@ -253,6 +275,7 @@ class Runtime:
                 "unsupported_sampling": sorted(self.unsupported),
                 "stats": stats,
             }
+        rows = self.board.rows() if self.board is not None else None
         return {
             "status": self.state,
             "engine": engine,
@@ -264,15 +287,32 @@ class Runtime:
                 "tool": self.classifier.model_id if self.classifier else None,
             },
             "deploy_mode": self.settings.deploy_mode,
+            # With workers, the counts are the deployment's (every worker's
+            # row of the board); "worker" has the answering worker's own.
             "worker": None
             if self.worker is None
-            else {"index": self.worker.index, "count": self.worker.count, "pid": os.getpid()},
-            "connections": msgspec.to_builtins(self.capacity()),
-            "active_turns": self.active_turns,
+            else {
+                "index": self.worker.index,
+                "count": self.worker.count,
+                "pid": os.getpid(),
+                "connections": msgspec.to_builtins(self.capacity()),
+                "active_turns": self.active_turns,
+            },
+            "workers": None if rows is None else msgspec.to_builtins(rows),
+            "connections": msgspec.to_builtins(self.capacity() if rows is None else _total_capacity(rows)),
+            "active_turns": self.active_turns if rows is None else sum(r.active_turns for r in rows),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
             "plugins": self.plugin_versions(),
             "core_version": core_version,
         }
+
+
+def _total_capacity(rows: list[WorkerRow]) -> Capacity:
+    """Every worker's connections: a socket goes to the worker the kernel
+    picks, so what is available is the sum of each worker's room."""
+    active = sum(r.connections for r in rows)
+    available = sum(max(0, r.max_connections - r.connections) for r in rows)
+    return Capacity(active, sum(r.max_connections for r in rows), available, available == 0)
 
 
 def _freeze_heap() -> None:

@@ -42,6 +42,7 @@ from typing import IO, Any
 
 import msgspec
 
+from yap_core.board import Board
 from yap_core.contracts import EngineShare
 from yap_core.plugins import PluginHost
 from yap_core.settings import Config, CoreSettings, SettingsError
@@ -58,6 +59,7 @@ class WorkerSpec(msgspec.Struct, kw_only=True, frozen=True):
     fd: int  # the inherited listening socket
     parent_pid: int
     attachment: Any = None  # the engine's, from EngineShare.attachments
+    board_fd: int | None = None  # the workers' shared counts (board.Board), inherited
 
     def max_connections(self, total: int) -> int:
         return math.ceil(total / self.count)
@@ -100,6 +102,7 @@ def supervise(config: Config, settings: CoreSettings, options: ServeOptions, pro
             "processes (it has no share()/attach()); set SERVER_WORKERS=1"
         )
     socks = listen(options.host, options.port, n)
+    board = Board.create(n)
     share: EngineShare | None = None
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -111,12 +114,15 @@ def supervise(config: Config, settings: CoreSettings, options: ServeOptions, pro
         attachments = share.attachments if share is not None else [None] * n
         for i in range(n):
             sock = socks[i % len(socks)]
-            spec = WorkerSpec(index=i, count=n, fd=sock.fileno(), parent_pid=os.getpid(), attachment=attachments[i])
+            spec = WorkerSpec(
+                index=i, count=n, fd=sock.fileno(), parent_pid=os.getpid(), attachment=attachments[i], board_fd=board.fd
+            )
             procs.append(start_worker(spec, options))
         # The workers hold the sockets now: a socket left open here would keep
         # taking the connections hashed to a worker that died.
         for sock in socks:
             sock.close()
+        board.close()  # the workers hold it
         progress(f"supervisor: {n} workers (pids {', '.join(str(p.pid) for p in procs)}) on {options.host}:{options.port}")
         return _watch(procs, share, settings, progress)
     finally:
@@ -126,6 +132,7 @@ def supervise(config: Config, settings: CoreSettings, options: ServeOptions, pro
                 share.close()
         for sock in socks:
             sock.close()
+        board.close()  # if no worker started
 
 
 def listen(host: str, port: int, workers: int) -> list[socket.socket]:
@@ -157,7 +164,8 @@ def start_worker(spec: WorkerSpec, options: ServeOptions, log: IO[bytes] | None 
     argv = [sys.executable, "-m", "yap_core.cli", "serve", *options.worker_args(),
             "--worker-spec", msgspec.json.encode(spec).decode()]
     # Own session: a terminal's Ctrl-C goes to the supervisor only, which drains the workers.
-    return subprocess.Popen(argv, pass_fds=(spec.fd,), start_new_session=True, stdin=subprocess.DEVNULL,
+    fds = (spec.fd,) if spec.board_fd is None else (spec.fd, spec.board_fd)
+    return subprocess.Popen(argv, pass_fds=fds, start_new_session=True, stdin=subprocess.DEVNULL,
                             stdout=log, stderr=subprocess.STDOUT if log is not None else None)
 
 
