@@ -113,12 +113,25 @@ def test_a_text_with_a_few_new_pieces_encodes_them_alone_and_keeps_them(
     assert cache.ids(text) == got and calls == []
 
 
-def test_new_pieces_are_not_added_to_a_full_cache(smollm2_tokenizer: Any) -> None:
-    cache = PieceCache(translate(GPT2_EXPRESSION) or "", encoder(smollm2_tokenizer), max_pieces=3)
-    cache.learn("one two")
-    assert len(cache) == 2
-    assert cache.ids("one two three", new=3) is not None  # room for one more
-    assert cache.ids("one two four", new=3) is None and len(cache) == 3
+def test_a_full_cache_starts_a_new_generation_and_keeps_the_pieces_in_use(smollm2_tokenizer: Any) -> None:
+    """Bounded at two generations of ``max_pieces``: new words keep being
+    learned (before, a full cache stopped learning), the pieces turns keep
+    using survive every new generation, and the ids stay the tokenizer's."""
+    encode = encoder(smollm2_tokenizer)
+    cache, calls = counting_cache(smollm2_tokenizer)
+    cache._max = 32
+    in_use = "hello there"  # a user's greeting, said between the new words
+    cache.learn(in_use)
+    for i in range(60):
+        text = f"word{i} thing{i} fact{i * 7 + 1000}"  # new numbers in each, as in retrieved passages
+        cache.learn(text)
+        assert len(cache) <= 2 * 32
+        calls.clear()
+        assert cache.ids(in_use) == tuple(encode(in_use)) and calls == []  # never encoded again
+        assert cache.ids(text) == tuple(encode(text)) and calls == []  # the newest text is known
+    assert "0" not in cache._pieces and "0" not in cache._old  # two generations ago: dropped
+    assert cache.ids("word0 thing0", new=3) == tuple(encode("word0 thing0"))
+    assert calls == ["0"]  # only the dropped piece is encoded again
 
 
 def test_a_split_that_disagrees_with_the_tokenizer_turns_the_cache_off(

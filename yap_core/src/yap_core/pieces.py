@@ -17,6 +17,12 @@ which matches what it matches on ASCII. Pieces are learned off the event loop
 (``learn``: the thread that tokenizes each reply, and the prefill), and every
 text learned is checked whole against the tokenizer; a mismatch turns the
 cache off for good, with a warning. An unsupported tokenizer gets no cache.
+
+The cache is bounded in two generations: when the current one holds
+``max_pieces`` it becomes the previous one, and a piece found there moves back
+on its next use. A deployment whose system prompts keep bringing new words
+(retrieved text, say) keeps learning in at most twice that many entries, and
+the words its turns use stay; before, a full cache stopped learning.
 """
 
 from __future__ import annotations
@@ -56,8 +62,10 @@ _PROBES = (
 class PieceCache:
     """The ids of known pieces of ASCII text (see the module's docstring).
 
-    ``ids`` runs on the event loop; ``learn`` in threads. Both only read and
-    set single dict entries, atomic under the GIL."""
+    ``ids`` runs on the event loop; ``learn`` in threads. Both read and set
+    single dict entries, atomic under the GIL, and a new generation swaps two
+    references: a race can only lose entries (encoded again later), never
+    give wrong ids, since a piece's ids never change."""
 
     def __init__(
         self,
@@ -71,7 +79,8 @@ class PieceCache:
         added = [a for a in added if a]
         # A text holding one of the tokenizer's added tokens is split there first.
         self._added = re.compile("|".join(map(re.escape, added))) if added else None
-        self._pieces: dict[str, tuple[int, ...]] = {}
+        self._pieces: dict[str, tuple[int, ...]] = {}  # this generation
+        self._old: dict[str, tuple[int, ...]] = {}  # the one before (see the module's docstring)
         self._max = max_pieces
         # Texts learned and checked already: a shared system prompt comes back
         # at every session's start. Emptied when full (a bound, not an LRU).
@@ -100,7 +109,8 @@ class PieceCache:
         return cache
 
     def __len__(self) -> int:
-        return len(self._pieces)
+        """Entries held, both generations (a piece moved back counts twice)."""
+        return len(self._pieces) + len(self._old)
 
     def ids(self, text: str, new: int = 0) -> tuple[int, ...] | None:
         """The ids of ``text`` when it is ASCII and every piece is known, or
@@ -126,22 +136,37 @@ class PieceCache:
         return tuple(out)
 
     def _with_new(self, pieces: list[str], new: int) -> tuple[int, ...] | None:
-        """``ids`` when a piece is not known: encode up to ``new`` of them, then join."""
-        known = self._pieces
-        unknown: set[str] = set()
+        """``ids`` when a piece is not in this generation: take it from the
+        one before, or encode it (up to ``new`` such pieces), then join."""
+        found: dict[str, tuple[int, ...]] = {}  # local: a new generation may start meanwhile
+        unknown: list[str] = []
         for piece in pieces:
-            if piece not in known:
-                unknown.add(piece)
-                if len(unknown) > new:
+            if piece in found:
+                continue
+            known = self._pieces.get(piece) or self._moved_back(piece)
+            if known is not None:
+                found[piece] = known
+            elif piece not in unknown:
+                if len(unknown) == new:
                     return None  # early: a text of many new words is not scanned to its end
-        if len(known) + len(unknown) > self._max:
-            return None
+                unknown.append(piece)
         for piece in unknown:
-            self._pieces[piece] = tuple(self._encode(piece))
+            found[piece] = self._keep(piece, tuple(self._encode(piece)))
         out: list[int] = []
         for piece in pieces:
-            out += self._pieces[piece]
+            out += found[piece]
         return tuple(out)
+
+    def _moved_back(self, piece: str) -> tuple[int, ...] | None:
+        """A piece of the generation before, kept in this one again; None if neither has it."""
+        known = self._old.get(piece)
+        return None if known is None else self._keep(piece, known)
+
+    def _keep(self, piece: str, ids: tuple[int, ...]) -> tuple[int, ...]:
+        if len(self._pieces) >= self._max:
+            self._old, self._pieces = self._pieces, {}  # a new generation
+        self._pieces[piece] = ids
+        return ids
 
     def _eligible(self, text: str) -> bool:
         """On, ASCII, and free of added tokens (which the tokenizer splits out first)."""
@@ -153,10 +178,8 @@ class PieceCache:
         if text in self._checked or not self._eligible(text):
             return
         for piece in self._split(text):
-            if piece not in self._pieces:
-                if len(self._pieces) >= self._max:
-                    return  # full: what is known stays, nothing new is added
-                self._pieces[piece] = tuple(self._encode(piece))
+            if piece not in self._pieces and self._moved_back(piece) is None:
+                self._keep(piece, tuple(self._encode(piece)))
         got = self.ids(text)
         if got is None:
             return
