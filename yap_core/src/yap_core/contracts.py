@@ -158,7 +158,9 @@ class Decision(msgspec.Struct, kw_only=True):
 class Classifier(Protocol):
     """Screenshot-intent classifier. `classify` takes the session's earlier
     user turns followed by the current utterance (last), and batches across
-    sessions inside the plugin."""
+    sessions inside the plugin. A long session's oldest turns are forgotten:
+    at least the newest TOOL_HISTORY_TOKENS user turns are always given (the
+    window is that many tokens, and a turn is at least one)."""
 
     name: str
     model_id: str

@@ -218,8 +218,8 @@ class PromptBuilder:
         self._skeletons: _LRU[tuple[str, ...], tuple[str, ...] | tuple[()]] = _LRU(256)
         self._skeleton_ids: _LRU[tuple[str, ...], tuple[tuple[int, ...], ...]] = _LRU(256)
         # Each session's next prompt, from prepare() and prefix():
-        # (system prompt as rendered, history length, last message's content) -> entry
-        self._prepared: _LRU[tuple[str, int, str | None], _Prepared] = _LRU(prepared_size)
+        # (system prompt as rendered, last two contents) -> entry
+        self._prepared: _LRU[tuple[str, str | None, str | None], _Prepared] = _LRU(prepared_size)
         # Contents must not smuggle control tokens (a user typing "<|im_end|>"
         # would otherwise open a fake system turn): they are removed.
         specials = sorted(getattr(tokenizer, "all_special_tokens", None) or [], key=len, reverse=True)
@@ -344,7 +344,7 @@ class PromptBuilder:
                 self.pieces.learn(cleaned)
             self._ids(cleaned)
 
-    def prepare(self, system: str, history: Sequence[Message], added: Sequence[str]) -> None:
+    def prepare(self, system: str, history: Sequence[Message], added: Sequence[str]) -> int:
         """The next turn's work that does not need its utterance, done in the
         pause before it (a thread, after a turn): tokenize the contents this
         turn ``added`` to ``history`` (see ``remember``), build the next
@@ -359,16 +359,21 @@ class PromptBuilder:
         The system prompt's pieces are learned here too (once: ``learn``
         skips a text it checked): a session started with its utterance had
         no prefill to learn them, and the next session's prompt, often this
-        one with another name or number, is then served by the piece cache."""
+        one with another name or number, is then served by the piece cache.
+
+        Returns how many of the oldest messages of ``history`` no later
+        render can use: the budget walk (``_recent``) stopped before them, and
+        a longer history stops it sooner. The session forgets them."""
         self.remember((system, *added))
         try:
-            self._fit_and_keep(system, history)
+            return self._fit_and_keep(system, history)[2]
         except PromptError:
-            return  # the turn's own render reports it, to the client
+            return 0  # the turn's own render reports it, to the client
 
-    def _fit_and_keep(self, system: str, history: Sequence[Message]) -> tuple[_Assembled, int]:
+    def _fit_and_keep(self, system: str, history: Sequence[Message]) -> tuple[_Assembled, int, int]:
         """``_fit`` with no utterance and no room for a reply (render() checks
-        the room its turn needs), kept for the next render of this history."""
+        the room its turn needs), kept for the next render of this history;
+        and how many of the oldest messages no render will use again."""
         msgs, span = self._recent(history, self._settings.history_max_tokens)
         built, kept = self._fit_recent(system, msgs, "", 0)
         # Only a proven template's assembly, contents tokenized apart: the
@@ -377,10 +382,15 @@ class PromptBuilder:
             seen = tuple(history[len(history) - span :])
             entry = _Prepared(seen, span == len(history), built, kept)
             self._prepared.put(self._prepared_key(system, history), entry)
-        return built, kept
+        return built, kept, len(history) - span
 
-    def _prepared_key(self, system: str, history: Sequence[Message]) -> tuple[str, int, str | None]:
-        return self._clean(system), len(history), history[-1].content if history else None
+    def _prepared_key(self, system: str, history: Sequence[Message]) -> tuple[str, str | None, str | None]:
+        """The system prompt and the last two contents (as a rule the last
+        utterance and its reply): not the history's length, which changes when
+        the session forgets what no render uses. ``fits`` checks the rest."""
+        last = history[-1].content if history else None
+        before = history[-2].content if len(history) > 1 else None
+        return self._clean(system), last, before
 
     def _prepared_for(self, system: str, history: Sequence[Message]) -> _Prepared | None:
         ready = self._prepared.get(self._prepared_key(system, history))
@@ -398,7 +408,7 @@ class PromptBuilder:
         if self.pieces is not None:
             self.pieces.learn(system)
         # Kept for the first turn's render too, with or without a history.
-        built, n = self._fit_and_keep(system, history)
+        built, n, _ = self._fit_and_keep(system, history)
         if built.length > self.max_model_len - self._settings.chat_max_out:
             # The context binds: trim as a turn with a full reply would be.
             built, n = self._fit(system, history, "", self._settings.chat_max_out)

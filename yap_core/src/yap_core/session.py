@@ -16,7 +16,8 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from msgspec import UNSET
@@ -27,6 +28,9 @@ from yap_core.frames import FrameError, WireSampling
 from yap_core.prompt_types import Message, PromptError
 from yap_core.runtime import Runtime
 from yap_core.turn import Emit, EmitToken, Turn, TurnRunner, TurnSpec
+
+if TYPE_CHECKING:
+    from yap_core.prompts import PromptBuilder
 
 log = logging.getLogger("yap.session")
 
@@ -59,6 +63,43 @@ def merge_sampling(base: WireSampling | None, over: WireSampling | None) -> Wire
         return over
     changes = {k: getattr(over, k) for k in WireSampling.__struct_fields__ if getattr(over, k) is not UNSET}
     return msgspec.structs.replace(base, **changes)
+
+
+# The history is cut when at least this many messages can go: a long
+# session's list stays within a batch of what the prompt and classifier read.
+FORGET_BATCH = 16
+
+
+def classifier_floor(history: Sequence[Message], drop: int, window: int) -> int:
+    """``drop`` lowered so that the newest ``window`` user messages stay: the
+    classifier reads at most TOOL_HISTORY_TOKENS tokens of user turns, and a
+    turn is at least one token. ``window`` 0: no classifier deployed."""
+    if not window or drop <= 0:
+        return drop
+    users = 0
+    for i in range(len(history) - 1, -1, -1):
+        if history[i].role == "user":
+            users += 1
+            if users == window:
+                return min(drop, i)
+    return 0  # fewer user turns than the window: all of them stay
+
+
+def forget(history: list[Message], snapshot: Sequence[Message], drop: int) -> None:
+    """Cut the first ``drop`` messages of ``snapshot`` from the session's
+    ``history``, which only ever grows at its end. It may have grown since the
+    snapshot was taken, or been cut further by a later turn's call: the cut is
+    found by identity, and nothing is cut when that message is gone already.
+    Why: a voice session can last all day; what no prompt will read again
+    (``PromptBuilder.prepare`` says how much) need not be kept, nor copied
+    for each turn's render."""
+    if drop < FORGET_BATCH:
+        return
+    first_kept = snapshot[drop]
+    for i, message in enumerate(history):
+        if message is first_kept:
+            del history[:i]
+            return
 
 
 class SessionHost:
@@ -151,14 +192,27 @@ class SessionHost:
         finally:
             self.running_turns -= 1
             self.idle_since = time.monotonic()
-        chat = self.runtime.chat
-        added = runner.new_history()
-        if chat is not None and added and not self.closed:
+        rt = self.runtime
+        if not runner.new_history() or self.closed:
+            return
+        window = rt.settings.tool_history_tokens if rt.classifier is not None else 0
+        if rt.chat is not None:
             # Tokenize the reply and build the next prompt up to its utterance
             # now, in the pause before the user's next turn: that turn then
             # only adds its utterance (PromptBuilder.prepare).
-            history = tuple(runner.history)  # a snapshot: the loop may change the list meanwhile
-            self._track(asyncio.create_task(asyncio.to_thread(chat.builder.prepare, runner.system, history, added)))
+            self._track(asyncio.create_task(self._prepare(rt.chat.builder, runner, window)))
+        elif len(runner.history) > 2 * window:  # classifier only: forget in batches of a window
+            forget(runner.history, runner.history, classifier_floor(runner.history, len(runner.history), window))
+
+    async def _prepare(self, builder: PromptBuilder, runner: TurnRunner, window: int) -> None:
+        """``builder.prepare`` in a thread, then forget what no later turn reads."""
+        history = tuple(runner.history)  # a snapshot: the loop may change the list meanwhile
+
+        def work() -> int:
+            drop = builder.prepare(runner.system, history, runner.new_history())
+            return classifier_floor(history, drop, window)
+
+        forget(runner.history, history, await asyncio.to_thread(work))
 
     # --- frames -------------------------------------------------------------------
     async def start(self, frame: frames.ClientFrame, received_at: float) -> None:

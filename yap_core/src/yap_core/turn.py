@@ -167,7 +167,7 @@ class TurnRunner:
         self.system = system
         self.history = history
         self.rendered: RenderedPrompt | None = None
-        self._history_len = len(history)
+        self._added: list[str] = []  # contents _remember added to the history
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
         # perf_counter() marks for TURN_TIMING_LOG: where the time to first token went
@@ -262,7 +262,7 @@ class TurnRunner:
 
     def new_history(self) -> list[str]:
         """The contents this turn added to the history (tokenized ahead of the next turn)."""
-        return [m.content for m in self.history[self._history_len :]]
+        return self._added
 
     def _remember(self) -> None:
         """Keep what the user said and heard (only if the engine saw the prompt)."""
@@ -271,10 +271,12 @@ class TurnRunner:
         else:
             user = self.spec.text
         if self.runtime.engine is None:
+            self._added = [user]
             self.history.append(Message(role="user", content=user))
         elif self.rendered is not None:
+            self._added = [user, "".join(self.turn.sent)]
             self.history.append(Message(role="user", content=user))
-            self.history.append(Message(role="assistant", content="".join(self.turn.sent)))
+            self.history.append(Message(role="assistant", content=self._added[1]))
 
     # --- classifier-only deployment ------------------------------------------
     async def _tool_only(self) -> None:
