@@ -6,7 +6,10 @@ answered by `ready`), keeps them alive with protocol pings every --ping-every
 seconds for --hold seconds, and prints the server's RSS before, with all
 connections held, and after they close. Every ping must get its pong.
 
-    .venv/bin/python benchmarks/idle_connections.py --connections 1000 --hold 30
+    .venv/bin/python benchmarks/idle_connections.py --connections 1000 --hold 30 [--client-deflate [--server-deflate]]
+
+--client-deflate: the clients offer permessage-deflate, as browsers do (the
+server declines unless --server-deflate sets WS_PERMESSAGE_DEFLATE).
 
 Each connection costs one file descriptor here and one in the server; the soft
 limit is raised to the hard limit when it is too low for that.
@@ -43,8 +46,8 @@ def ensure_fd_limit(needed: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-async def open_one(url: str, index: int) -> ClientConnection:
-    ws = await open_ws(url, KEY, open_timeout=60, max_size=2**20)
+async def open_one(url: str, index: int, compression: str | None) -> ClientConnection:
+    ws = await open_ws(url, KEY, open_timeout=60, max_size=2**20, compression=compression)
     await ws.send(json.dumps({"type": "start", "session_id": f"idle{index}", "request_id": f"r{index}",
                               "payload": {"chat_prompt": "You are idle."}}))
     frame = json.loads(await asyncio.wait_for(ws.recv(), 60))
@@ -65,10 +68,14 @@ async def keep_alive(ws: ClientConnection, index: int, every: float, until: floa
     return pongs
 
 
-async def run(connections: int, hold: float, ping_every: float, batch: int) -> dict[str, object]:
+async def run(
+    connections: int, hold: float, ping_every: float, batch: int, client_deflate: bool, server_deflate: bool
+) -> dict[str, object]:
     log = Path(tempfile.mkdtemp(prefix="yap-idle-")) / "server.log"
+    compression = "deflate" if client_deflate else None
     env = {"TEXT_API_KEY": KEY, "INFERENCE_ENGINE": "scripted", "DEPLOY_MODE": "chat", "LOG_LEVEL": "WARNING",
-           "MAX_CONCURRENT_CONNECTIONS": str(connections + 10), "WS_IDLE_TIMEOUT_S": str(max(150.0, hold * 4))}
+           "MAX_CONCURRENT_CONNECTIONS": str(connections + 10), "WS_IDLE_TIMEOUT_S": str(max(150.0, hold * 4)),
+           "WS_PERMESSAGE_DEFLATE": "true" if server_deflate else "false"}
     server = ServerProcess(env, log_path=log, extra_args=("--no-access-log",))
     await server.start()
     try:
@@ -77,7 +84,9 @@ async def run(connections: int, hold: float, ping_every: float, batch: int) -> d
         sockets: list[ClientConnection] = []
         t0 = time.monotonic()
         for start in range(0, connections, batch):
-            sockets += await asyncio.gather(*(open_one(server.ws_url, i) for i in range(start, min(connections, start + batch))))
+            sockets += await asyncio.gather(
+                *(open_one(server.ws_url, i, compression) for i in range(start, min(connections, start + batch)))
+            )
         opened_s = time.monotonic() - t0
         status = http_get(server.base_url + "/status", {"X-API-Key": KEY}).body
         until = time.monotonic() + hold
@@ -103,6 +112,8 @@ async def run(connections: int, hold: float, ping_every: float, batch: int) -> d
         code = await server.stop()
     return {
         "connections": connections,
+        "client_offers_deflate": client_deflate,
+        "server_accepts_deflate": server_deflate,
         "held_s": hold,
         "open_s": round(opened_s, 2),
         "connections_active_seen": status["connections"]["active"],
@@ -125,9 +136,13 @@ def main() -> None:
     parser.add_argument("--hold", type=float, default=30.0, help="seconds to hold them, pinging")
     parser.add_argument("--ping-every", type=float, default=5.0)
     parser.add_argument("--batch", type=int, default=100, help="connections opened at once")
+    parser.add_argument("--client-deflate", action="store_true", help="clients offer permessage-deflate")
+    parser.add_argument("--server-deflate", action="store_true", help="WS_PERMESSAGE_DEFLATE=true: the server accepts it")
     args = parser.parse_args()
     ensure_fd_limit(args.connections + 256)
-    result = asyncio.run(run(args.connections, args.hold, args.ping_every, args.batch))
+    result = asyncio.run(
+        run(args.connections, args.hold, args.ping_every, args.batch, args.client_deflate, args.server_deflate)
+    )
     for name, value in result.items():
         print(f"{name:28} {value}")
     if result["connections_active_seen"] != args.connections or result["connections_active_after"] != 0:

@@ -15,7 +15,10 @@ this client pinned to another, and prints:
    frames alone would flatter a saturated server; the scripted reply is one
    word per token, so the client counts words.
 
-    .venv/bin/python benchmarks/server_overhead.py [--sessions 64] [--seconds 10]
+    .venv/bin/python benchmarks/server_overhead.py [--sessions 64] [--seconds 10] [--client-deflate [--server-deflate]]
+
+--client-deflate: the clients offer permessage-deflate, as browsers do (the
+server declines unless --server-deflate sets WS_PERMESSAGE_DEFLATE).
 
 Targets: < 50 us of server time per token frame, < 1 ms added to TTFT at p50.
 """
@@ -42,8 +45,9 @@ KEY = "overhead-bench-key"
 REPLY = " ".join(f"word{i % 10}" for i in range(400)) + "."
 
 
-def server_env(deploy_mode: str, sanitize_default: bool = True) -> dict[str, str]:
+def server_env(deploy_mode: str, deflate: bool = False) -> dict[str, str]:
     return {
+        "WS_PERMESSAGE_DEFLATE": "true" if deflate else "false",
         "TEXT_API_KEY": KEY,
         "INFERENCE_ENGINE": "scripted",
         "TOOL_CLASSIFIER": "scripted",
@@ -58,7 +62,9 @@ def server_env(deploy_mode: str, sanitize_default: bool = True) -> dict[str, str
     }
 
 
-async def ttft_phase(url: str, turns: int, *, fresh: bool, pause_s: float = 0.0) -> tuple[Summary, Summary, Summary]:
+async def ttft_phase(
+    url: str, turns: int, *, fresh: bool, pause_s: float = 0.0, compression: str | None = None
+) -> tuple[Summary, Summary, Summary]:
     """Sequential one-token turns and pings on one socket: TTFT, RTT, server ttft.
     fresh: each turn a `start` (the session replaced: a short prompt); else
     `message` turns whose history grows up to HISTORY_MAX_TOKENS. pause_s:
@@ -67,7 +73,7 @@ async def ttft_phase(url: str, turns: int, *, fresh: bool, pause_s: float = 0.0)
     ttft: list[float | None] = []
     rtt: list[float | None] = []
     server: list[float | None] = []
-    async with await YapConnection.open(url, KEY) as conn:
+    async with await YapConnection.open(url, KEY, compression=compression) as conn:
         sid = new_id()
         ready = await conn.turn("start", sid, {}, wait_s=10)
         assert ready.end == "ready", ready
@@ -87,12 +93,12 @@ async def ttft_phase(url: str, turns: int, *, fresh: bool, pause_s: float = 0.0)
     return summarize(ttft), summarize(rtt), summarize(server)
 
 
-async def gap_phase(url: str, turns: int) -> Summary:
+async def gap_phase(url: str, turns: int, compression: str | None = None) -> Summary:
     """One stream at a time: the gap between consecutive token frames at the
     client. The engine yields its next token at once, so the gap is the
     server's wall time per token frame (engine step, sanitizer, encode, send)."""
     gaps: list[float | None] = []
-    async with await YapConnection.open(url, KEY) as conn:
+    async with await YapConnection.open(url, KEY, compression=compression) as conn:
         sid = new_id()
         for _ in range(turns):
             arrivals: list[float] = []
@@ -108,10 +114,10 @@ async def gap_phase(url: str, turns: int) -> Summary:
     return summarize(gaps)
 
 
-async def _stream_until(url: str, sessions: int, start: float, stop: float) -> tuple[int, int]:
+async def _stream_until(url: str, sessions: int, start: float, stop: float, compression: str | None) -> tuple[int, int]:
     """Open `sessions` sockets, then from `start` to `stop` run turns back to
     back; returns the token frames and the tokens (words) that arrived inside the window."""
-    conns = [await YapConnection.open(url, KEY) for _ in range(sessions)]
+    conns = [await YapConnection.open(url, KEY, compression=compression) for _ in range(sessions)]
     sids = [new_id() for _ in conns]
     for conn, sid in zip(conns, sids, strict=True):
         ready = await conn.turn("start", sid, {}, wait_s=30)
@@ -141,17 +147,19 @@ async def _stream_until(url: str, sessions: int, start: float, stop: float) -> t
     return frames, tokens
 
 
-def _worker(url: str, sessions: int, start: float, stop: float, cpu: int | None) -> tuple[int, int, float]:
+def _worker(
+    url: str, sessions: int, start: float, stop: float, cpu: int | None, compression: str | None
+) -> tuple[int, int, float]:
     """A client process (its own core): token frames counted, and its CPU seconds."""
     if cpu is not None:
         pin({cpu})
-    frames, tokens = asyncio.run(_stream_until(url, sessions, start, stop))
+    frames, tokens = asyncio.run(_stream_until(url, sessions, start, stop, compression))
     t = psutil.Process().cpu_times()
     return frames, tokens, t.user + t.system
 
 
 async def throughput_phase(url: str, sessions: int, seconds: float, server_pid: int,
-                           client_cpus: list[int | None]) -> dict[str, float]:
+                           client_cpus: list[int | None], compression: str | None = None) -> dict[str, float]:
     """Many sockets, spread over client processes, streaming long replies for
     `seconds`: token frames per second, and the server's CPU time per frame."""
     import concurrent.futures
@@ -164,7 +172,7 @@ async def throughput_phase(url: str, sessions: int, seconds: float, server_pid: 
     loop = asyncio.get_running_loop()
     ctx = multiprocessing.get_context("spawn")  # perf_counter is CLOCK_MONOTONIC: shared by processes
     with concurrent.futures.ProcessPoolExecutor(len(client_cpus), mp_context=ctx) as pool:
-        futures = [loop.run_in_executor(pool, _worker, url, n, start, stop, cpu)
+        futures = [loop.run_in_executor(pool, _worker, url, n, start, stop, cpu, compression)
                    for n, cpu in zip(per, client_cpus, strict=True) if n]
         await asyncio.sleep(max(0.0, start - time.perf_counter()))
         s0 = server.cpu_times()
@@ -201,11 +209,13 @@ async def run(args: argparse.Namespace) -> None:
     procs = max(1, min(args.client_procs, len(cpus) - 1)) if pinned else args.client_procs
     client_cpus: list[int | None] = list(cpus[1:1 + procs]) if pinned else [None] * procs
     print(f"server pinned to CPU {cpus[0]}, clients to CPUs {client_cpus}" if pinned else "not pinned")
+    compression = "deflate" if args.client_deflate else None
+    print(f"clients offer permessage-deflate: {args.client_deflate}; WS_PERMESSAGE_DEFLATE={args.server_deflate}")
     for mode in args.modes:
         log = Path(tempfile.mkstemp(prefix=f"yap-overhead-{mode}-", suffix=".log")[1])
         if pinned:
             pin({cpus[0]})  # the child inherits this affinity, threads included
-        srv = ServerProcess(server_env(mode), log_path=log)
+        srv = ServerProcess(server_env(mode, args.server_deflate), log_path=log)
         try:
             await srv.start(seconds=120)
         finally:
@@ -214,7 +224,9 @@ async def run(args: argparse.Namespace) -> None:
         try:
             print(f"\n== DEPLOY_MODE={mode} (scripted engine{' + scripted classifier' if mode == 'both' else ''}) ==")
             for fresh in (True, False):
-                ttft, rtt, server = await ttft_phase(srv.ws_url, args.turns, fresh=fresh, pause_s=args.pause_ms / 1000)
+                ttft, rtt, server = await ttft_phase(
+                    srv.ws_url, args.turns, fresh=fresh, pause_s=args.pause_ms / 1000, compression=compression
+                )
                 what = "fresh session each turn (short prompt)" if fresh else "one session, history growing"
                 what += f", {args.pause_ms:g} ms pause after each" if args.pause_ms else ""
                 print(f"TTFT, one idle socket, {ttft.count} turns, {what}: p50 {fmt_ms(ttft.p50)} "
@@ -224,10 +236,10 @@ async def run(args: argparse.Namespace) -> None:
                 if ttft.p50 is not None and rtt.p50 is not None:
                     print(f"  server-added TTFT (p50 TTFT - p50 RTT): {(ttft.p50 - rtt.p50) * 1000:.0f} us "
                           "(target < 1000 us)")
-            gap = await gap_phase(srv.ws_url, args.gap_turns)
+            gap = await gap_phase(srv.ws_url, args.gap_turns, compression)
             print(f"one stream, gap between token frames at the client ({gap.count} gaps): p50 {gap.p50:.0f} us, "
                   f"p90 {gap.p90:.0f} us, p99 {gap.p99:.0f} us (server wall time per frame, engine step included)")
-            t = await throughput_phase(srv.ws_url, args.sessions, args.seconds, srv.pid, client_cpus)
+            t = await throughput_phase(srv.ws_url, args.sessions, args.seconds, srv.pid, client_cpus, compression)
             print(f"throughput, {args.sessions} sockets from {t['client_processes']:.0f} client process(es), "
                   f"{t['wall_s']:.0f} s: {t['tokens']:.0f} tokens in {t['token_frames']:.0f} token frames = "
                   f"{t['tokens_per_s']:.0f} tokens/s, {t['frames_per_s']:.0f} frames/s")
@@ -249,6 +261,8 @@ def main() -> None:
     ap.add_argument("--gap-turns", type=int, default=20, help="400-token turns in the single-stream gap phase")
     ap.add_argument("--modes", nargs="+", default=["chat", "both"], choices=["chat", "both"])
     ap.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server and client to separate CPUs")
+    ap.add_argument("--client-deflate", action="store_true", help="clients offer permessage-deflate, as browsers do")
+    ap.add_argument("--server-deflate", action="store_true", help="WS_PERMESSAGE_DEFLATE=true: the server accepts it")
     args = ap.parse_args()
     asyncio.run(run(args))
 

@@ -23,6 +23,8 @@ from typing import Any
 import click
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.protocol import ws_stream
+from wsproto.extensions import Extension, PerMessageDeflate
 
 from yap_core.accesslog import RedactingLogger
 from yap_core.app import YapApp
@@ -65,6 +67,30 @@ def hypercorn_config(
     config.websocket_max_message_size = max_message_bytes * HARD_FRAME_FACTOR
     config.graceful_timeout = 5.0
     return config
+
+
+class _DeclinedDeflate(Extension):
+    """permessage-deflate, declined in the handshake (see ``websocket_compression``)."""
+
+    name = "permessage-deflate"
+
+    def offer(self) -> bool:
+        return False
+
+    def accept(self, offer: str) -> None:
+        return None
+
+
+def websocket_compression(enabled: bool) -> None:
+    """Hypercorn accepts every client's permessage-deflate offer: its
+    handshake's extension list is fixed, with no setting (pgjones/hypercorn
+    #307). Browsers and Python's websockets offer it by default, and on token
+    frames of ~100 bytes it saves little: it cost the server 7-10 us of CPU a
+    frame and ~100 KiB a socket (docs/benchmarks.md). So unless
+    WS_PERMESSAGE_DEFLATE is set, the name Hypercorn's handshake builds the
+    extension from gives one that declines; the client then sends and reads
+    plain frames. Process-wide, set once before serving."""
+    ws_stream.PerMessageDeflate = PerMessageDeflate if enabled else _DeclinedDeflate  # type: ignore[misc]
 
 
 async def _watch_engine(runtime: Runtime) -> None:
@@ -175,6 +201,7 @@ def serve_command(
     runtime = Runtime(config, settings, worker=spec)  # plugins imported and built; nothing loaded yet
     app = YapApp(runtime)  # auth settings (TRUSTED_PROXIES ...) checked here
     hconfig = hypercorn_config(host, port, certfile, keyfile, access_log, settings.ws_max_message_bytes)
+    websocket_compression(settings.ws_permessage_deflate)
     if spec is not None:
         hconfig.bind = [f"fd://{spec.fd}"]  # the supervisor's listening socket
     progress(

@@ -224,6 +224,13 @@ class CoreSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             le=1000,
         ),
     ] = 0.0
+    ws_permessage_deflate: Annotated[
+        bool,
+        doc(
+            "Accept a client's permessage-deflate offer. Off: token frames are ~100 bytes, and "
+            "compressing them cost the server 7-10 us a frame and ~100 KiB a socket (docs/benchmarks.md)."
+        ),
+    ] = False
     ws_send_queue_max: Annotated[
         int, doc("Frames queued to one slow client before it is closed (1008... see docs).", ge=8)
     ] = 1024

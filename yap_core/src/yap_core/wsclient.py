@@ -134,9 +134,12 @@ class YapConnection:
         auth: AuthMode = "header",
         open_timeout: float = 10.0,
         headers: Mapping[str, str] | None = None,
+        compression: str | None = None,
     ) -> YapConnection:
+        """``compression="deflate"`` offers permessage-deflate, as browsers do."""
         # No receive-queue limit: the client reads everything, it never pushes back on the server.
-        return cls(await open_ws(url, api_key, auth=auth, headers=headers, open_timeout=open_timeout, max_queue=None))
+        return cls(await open_ws(url, api_key, auth=auth, headers=headers, open_timeout=open_timeout, max_queue=None,
+                                 compression=compression))
 
     async def __aenter__(self) -> YapConnection:
         return self
