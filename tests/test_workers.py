@@ -107,6 +107,11 @@ async def test_status_counts_every_workers_sockets_and_turns(tmp_path: Path) -> 
             assert own["connections"] == body["worker"]["connections"]["active"]
             assert own["active_turns"] == body["worker"]["active_turns"]
         assert {r["pid"] for r in answers[0]["workers"]} == {p.pid for p in workers_of(server)}
+        # Each worker's engine requests, from its health check's stats (each second).
+        deadline = time.monotonic() + 10
+        while sum(r["engine_requests"] for r in status(server)["workers"]) != 8 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert sum(r["engine_requests"] for r in status(server)["workers"]) == 8
         for c, sid, rid in zip(conns, sids, rids, strict=True):
             await c.send("cancel", sid, rid, {})
     finally:
@@ -115,7 +120,10 @@ async def test_status_counts_every_workers_sockets_and_turns(tmp_path: Path) -> 
     deadline = time.monotonic() + 30
     while True:  # the counts go back down as the workers see the sockets close
         quiet = [
-            b["connections"]["active"] == 0 and b["active_turns"] == 0 for b in status_from_each_worker(server).values()
+            b["connections"]["active"] == 0
+            and b["active_turns"] == 0
+            and sum(r["engine_requests"] for r in b["workers"]) == 0
+            for b in status_from_each_worker(server).values()
         ]
         if all(quiet) or time.monotonic() > deadline:
             break

@@ -7,7 +7,7 @@ small shared memory file, a row per worker, and passes it to every worker
 only its own row, when its counts change; /status reads every row and answers
 for the whole deployment.
 
-A row is five 64-bit integers written in one ``pack_into``. A reader on
+A row is six 64-bit integers written in one ``pack_into``. A reader on
 another CPU could in principle see a row half-written; the numbers are
 counts for a status page, read again at the next request, so no lock.
 """
@@ -22,8 +22,9 @@ import tempfile
 
 import msgspec
 
-# pid, state (index in STATES + 1; 0: not written yet), connections, max_connections, active_turns
-_ROW = struct.Struct("<5q")
+# pid, state (index in STATES + 1; 0: not written yet), connections, max_connections,
+# active_turns, engine_requests
+_ROW = struct.Struct("<6q")
 STATES = ("starting", "ready", "draining", "unhealthy")
 
 
@@ -36,6 +37,7 @@ class WorkerRow(msgspec.Struct, frozen=True):
     connections: int
     max_connections: int
     active_turns: int
+    engine_requests: int  # running + waiting in its engine, as of its last stats() (at most ~1 s old)
 
 
 class Board:
@@ -58,17 +60,17 @@ class Board:
         os.set_inheritable(fd, True)
         return cls(fd, count)
 
-    def write(self, index: int, state: str, connections: int, max_connections: int, active_turns: int) -> None:
-        _ROW.pack_into(
-            self._map, index * _ROW.size, os.getpid(), STATES.index(state) + 1, connections, max_connections, active_turns
-        )
+    def write(self, index: int, state: str, connections: int, max_connections: int, active_turns: int,
+              engine_requests: int) -> None:
+        _ROW.pack_into(self._map, index * _ROW.size, os.getpid(), STATES.index(state) + 1, connections,
+                       max_connections, active_turns, engine_requests)
 
     def rows(self) -> list[WorkerRow]:
         out = []
         for index in range(self.count):
-            pid, state, connections, max_connections, turns = _ROW.unpack_from(self._map, index * _ROW.size)
+            pid, state, connections, max_connections, turns, requests = _ROW.unpack_from(self._map, index * _ROW.size)
             name = STATES[state - 1] if 0 < state <= len(STATES) else "unknown"
-            out.append(WorkerRow(index, pid, name, connections, max_connections, turns))
+            out.append(WorkerRow(index, pid, name, connections, max_connections, turns, requests))
         return out
 
     def close(self) -> None:

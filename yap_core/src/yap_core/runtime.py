@@ -20,7 +20,7 @@ import msgspec
 
 from yap_core import __version__ as core_version
 from yap_core.board import Board, WorkerRow
-from yap_core.contracts import Classifier, Engine, Progress, Sampling
+from yap_core.contracts import Classifier, Engine, EngineStats, Progress, Sampling
 from yap_core.plugins import PluginError, PluginHost, installed_plugins
 from yap_core.settings import Config, CoreSettings
 from yap_core.telemetry import Telemetry
@@ -82,6 +82,7 @@ class Runtime:
         self.started_at = time.monotonic()
         self.connections = 0
         self.active_turns = 0
+        self.engine_requests = 0  # running + waiting, as of the last engine_stats()
         self._publish()
         self.host = PluginHost()
         self.selected = settings.plugin_names()
@@ -213,7 +214,8 @@ class Runtime:
     def _publish(self) -> None:
         """This worker's counts on the board, after each change (a few hundred ns)."""
         if self.board is not None and self.worker is not None:
-            self.board.write(self.worker.index, self._state, self.connections, self.max_connections, self.active_turns)
+            self.board.write(self.worker.index, self._state, self.connections, self.max_connections,
+                             self.active_turns, self.engine_requests)
 
     @property
     def max_connections(self) -> int:
@@ -259,13 +261,24 @@ class Runtime:
         found = {p.name: p.version for p in installed_plugins(self.selected)}
         return [{"name": n, "version": found.get(n, core_version)} for n in self.selected]
 
+    async def engine_stats(self) -> EngineStats:
+        """The engine's stats; its request count goes on the board (the
+        health check calls this every second, /status on each request)."""
+        assert self.engine is not None
+        stats = await self.engine.stats()
+        requests = stats.running + stats.waiting
+        if requests != self.engine_requests:
+            self.engine_requests = requests
+            self._publish()
+        return stats
+
     async def status(self) -> dict[str, Any]:
         engine: dict[str, Any] = {"name": None, "version": None}
         if self.engine is not None:
             stats = None
             if self.state in ("ready", "draining"):
                 try:
-                    stats = msgspec.to_builtins(await self.engine.stats())
+                    stats = msgspec.to_builtins(await self.engine_stats())
                 except Exception as exc:  # the engine died: say so rather than fail /status
                     self.mark_unhealthy(f"engine stats failed: {exc}")
             engine = {

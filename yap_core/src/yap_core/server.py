@@ -101,7 +101,7 @@ async def _watch_engine(runtime: Runtime) -> None:
     while runtime.state in ("ready", "draining"):
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT_S):
-                await engine.stats()
+                await runtime.engine_stats()
         except Exception as exc:
             runtime.mark_unhealthy(f"engine {engine.name} stopped answering: {type(exc).__name__}: {exc}")
             return

@@ -9,6 +9,7 @@ never block on a full pipe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -147,11 +148,18 @@ class ServerProcess:
         await asyncio.to_thread(self.start_sync, seconds)
 
     def rss(self) -> int:
-        """Resident memory of the server process, in bytes (0 once it has gone)."""
+        """Resident memory of the server and its child processes (SERVER_WORKERS
+        workers, an engine's own process), in bytes; 0 once it has gone."""
         try:
-            return int(psutil.Process(self.pid).memory_info().rss)
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
         except psutil.Error:
             return 0
+        total = 0
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):  # a child that exited meanwhile
+                total += proc.memory_info().rss
+        return total
 
     def wait_exit_sync(self, timeout: float) -> int | None:
         assert self.proc is not None

@@ -109,7 +109,11 @@ class Target(msgspec.Struct, kw_only=True):
 
 
 def engine_running(status: dict[str, Any]) -> int | None:
-    """The engine's running-request count from /status, where the server exposes it."""
+    """The engine's running-request count from /status, where the server
+    exposes it; with SERVER_WORKERS, every worker's requests in its engine."""
+    workers = status.get("workers")
+    if isinstance(workers, list):
+        return sum(int(w.get("engine_requests", 0)) for w in workers)
     engine = status.get("engine")
     if isinstance(engine, dict):
         stats = engine.get("stats")
