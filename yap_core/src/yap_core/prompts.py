@@ -355,7 +355,8 @@ class PromptBuilder:
         shapes, but the first to reach a length would pay it on the turn's
         way to the engine), and trimming and joining 50 messages ~0.07 ms.
         The next ``render`` of this history then only adds the utterance.
-        ``history`` must be the session's whole history, which only grows.
+        ``history`` must be the session's history as it stands (what it has
+        not forgotten: see the return value), which only grows at its end.
         The system prompt's pieces are learned here too (once: ``learn``
         skips a text it checked): a session started with its utterance had
         no prefill to learn them, and the next session's prompt, often this
