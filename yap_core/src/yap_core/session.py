@@ -200,13 +200,15 @@ class SessionHost:
             # Tokenize the reply and build the next prompt up to its utterance
             # now, in the pause before the user's next turn: that turn then
             # only adds its utterance (PromptBuilder.prepare).
-            self._track(asyncio.create_task(self._prepare(rt.chat.builder, runner, window)))
+            history = tuple(runner.history)  # a snapshot: the loop may change the list meanwhile
+            self._track(asyncio.create_task(self._prepare(rt.chat.builder, runner, history, window)))
         elif len(runner.history) > 2 * window:  # classifier only: forget in batches of a window
             forget(runner.history, runner.history, classifier_floor(runner.history, len(runner.history), window))
 
-    async def _prepare(self, builder: PromptBuilder, runner: TurnRunner, window: int) -> None:
+    async def _prepare(
+        self, builder: PromptBuilder, runner: TurnRunner, history: tuple[Message, ...], window: int
+    ) -> None:
         """``builder.prepare`` in a thread, then forget what no later turn reads."""
-        history = tuple(runner.history)  # a snapshot: the loop may change the list meanwhile
 
         def work() -> int:
             drop = builder.prepare(runner.system, history, runner.new_history())
