@@ -47,6 +47,7 @@ class Board:
         self.fd = fd
         self.count = count
         self._map = mmap.mmap(fd, _ROW.size * count)
+        self._pid = os.getpid()  # the writer's (a worker's); read once, not a syscall a write
 
     @classmethod
     def create(cls, count: int) -> Board:
@@ -62,7 +63,7 @@ class Board:
 
     def write(self, index: int, state: str, connections: int, max_connections: int, active_turns: int,
               engine_requests: int) -> None:
-        _ROW.pack_into(self._map, index * _ROW.size, os.getpid(), STATES.index(state) + 1, connections,
+        _ROW.pack_into(self._map, index * _ROW.size, self._pid, STATES.index(state) + 1, connections,
                        max_connections, active_turns, engine_requests)
 
     def rows(self) -> list[WorkerRow]:
