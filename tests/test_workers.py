@@ -109,7 +109,7 @@ async def test_status_counts_every_workers_sockets_and_turns(tmp_path: Path) -> 
         assert {r["pid"] for r in answers[0]["workers"]} == {p.pid for p in workers_of(server)}
         # Each worker's engine requests, from its health check's stats (each second).
         deadline = time.monotonic() + 10
-        while sum(r["engine_requests"] for r in status(server)["workers"]) != 8 and time.monotonic() < deadline:
+        while sum(r["engine_requests"] for r in status(server)["workers"]) != 8 and time.monotonic() < deadline:  # noqa: ASYNC110 - polling other processes
             await asyncio.sleep(0.2)
         assert sum(r["engine_requests"] for r in status(server)["workers"]) == 8
         for c, sid, rid in zip(conns, sids, rids, strict=True):
