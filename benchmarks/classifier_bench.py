@@ -53,9 +53,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
 
 
-def input_of(model: SequenceClassifier, tokens: int) -> list[str]:
-    """User turns whose window encodes to exactly ``tokens`` tokens."""
-    turns = ["which of these charges look weird to you", RAMBLE * 8 + "can you look at my screen and tell me what this one is"]
+def input_of(model: SequenceClassifier, tokens: int, history: int) -> list[str]:
+    """User turns whose window encodes to exactly ``tokens`` tokens, after
+    ``history`` more earlier turns (a long session's; they fall outside the
+    window, but the window has to find that out)."""
+    earlier = [f"what about number {i} on that list" for i in range(history)]
+    turns = [*earlier, "which of these charges look weird to you", RAMBLE * 8 + "can you look at my screen and tell me what this one is"]
     enc = model.encode([turns])
     if enc["input_ids"].shape[1] != tokens:
         raise SystemExit(f"input encodes to {enc['input_ids'].shape[1]} tokens, expected {tokens}")
@@ -119,6 +122,7 @@ def main() -> None:
         "--cuda-graphs", action=argparse.BooleanOptionalAction, default=True, help="TOOL_CUDA_GRAPHS (CUDA only)"
     )
     ap.add_argument("--tokens", type=int, default=128, help="input length in tokens")
+    ap.add_argument("--history-turns", type=int, default=0, help="earlier user turns before the input (a long session)")
     ap.add_argument("--iters", type=int, default=200, help="batch-1 decisions timed")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--sessions", type=int, default=32, help="concurrent sessions for the throughput figure")
@@ -143,7 +147,7 @@ def main() -> None:
     )
     graphs = f"on, {len(model.graph_shapes)} shapes" if model.cuda_graphs else "off"
     print(f"classifier: dtype {model.dtype} (--dtype {args.dtype}), CUDA graphs {graphs}", flush=True)
-    turns = input_of(model, args.tokens)
+    turns = input_of(model, args.tokens, args.history_turns)
     lat = batch1(model, turns, args.iters, args.warmup)
     rate, clat, largest = asyncio.run(
         concurrent(model, turns, args.sessions, args.rounds, args.batch_size, args.batch_wait_ms)
@@ -157,6 +161,7 @@ def main() -> None:
         "cuda_graph_shapes": len(model.graph_shapes),
         "torch_threads": torch.get_num_threads(),
         "input_tokens": args.tokens,
+        "history_turns": args.history_turns,
         "batch1_p50_ms": round(statistics.median(lat), 2),
         "batch1_p95_ms": round(percentile(lat, 95), 2),
         "batch1_mean_ms": round(statistics.fmean(lat), 2),

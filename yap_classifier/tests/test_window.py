@@ -59,3 +59,43 @@ def test_empty_utterance(turns: list[str]) -> None:
 def test_not_user_turns(turns: object, error: type[Exception]) -> None:
     with pytest.raises(error):
         window.check_turns(turns)  # type: ignore[arg-type]
+
+
+def _whole_history_window(tokenizer, turns: list[str], max_tokens: int) -> window.Window:  # type: ignore[no-untyped-def]
+    """The window with every turn tokenized in one call (what build did before
+    it tokenized a few turns at a time): the oracle for the passes below."""
+    budget = max_tokens - tokenizer.num_special_tokens_to_add(pair=True)
+    texts = [t.strip() for t in reversed(turns)]
+    texts = [texts[0]] + [t for t in texts[1:] if t]
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    sep, sep_cost = window._separator(tokenizer)
+    kept, left = [], budget
+    for i, (text, ids, offsets) in enumerate(zip(texts, enc["input_ids"], enc["offset_mapping"], strict=True)):
+        extra = sep_cost if i > 1 else 0
+        if i > 0 and left < 1 + extra:
+            break
+        if len(ids) + extra <= left:
+            kept.append(text)
+            left -= len(ids) + extra
+            continue
+        kept.append(window._tail(text, offsets, left - extra))
+        break
+    return window.Window(kept[0], sep.join(kept[1:]))
+
+
+@pytest.mark.parametrize("first_pass_chars", [window._FIRST_PASS_CHARS_PER_TOKEN, 0])
+@pytest.mark.parametrize("max_tokens", [16, 64, 128])
+def test_a_long_history_is_tokenized_in_passes_with_the_same_window(
+    tokenizer, monkeypatch: pytest.MonkeyPatch, first_pass_chars: int, max_tokens: int  # type: ignore[no-untyped-def]
+) -> None:
+    """300 earlier turns of mixed lengths (some empty, one very long): the
+    window is what tokenizing them all would give, whether the first pass
+    fills it (the default) or it takes several (0: one turn, then 8, 32, ...)."""
+    monkeypatch.setattr(window, "_FIRST_PASS_CHARS_PER_TOKEN", first_pass_chars)
+    words = ["screen", "error", "weather", "é", "um", "so", "look", "at", "this", "?"]
+    turns = [" ".join(words[(i * j) % len(words)] for j in range(i % 7)) for i in range(300)]
+    turns[-40] = "a very long turn " * 200
+    turns.append("what is on my screen now")
+    w = window.build(tokenizer, window.check_turns(turns), max_tokens)
+    assert w == _whole_history_window(tokenizer, turns, max_tokens)
+    assert w.history and _length(tokenizer, w) <= max_tokens

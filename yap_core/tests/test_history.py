@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from yap_core.contracts import Decision
 from yap_core.prompt_types import Message
 from yap_core.runtime import Runtime
 from yap_core.session import FORGET_BATCH, SessionHost, classifier_floor, forget
@@ -30,13 +32,24 @@ async def _settle(host: SessionHost) -> None:
         await asyncio.gather(*list(host.tasks))
 
 
-async def _long_session(env: dict[str, str], turns: int) -> tuple[list[int], list[Message], int]:
+async def _long_session(
+    env: dict[str, str], turns: int, classified: list[list[str]] | None = None
+) -> tuple[list[int], list[Message], int]:
     """``turns`` turns of one session: the history's length after each, the
     whole conversation as the client saw it, and the most history messages a
-    prompt used."""
+    prompt used. ``classified`` collects what the classifier was handed."""
     config = Config({"INFERENCE_ENGINE": "scripted", "TOOL_CLASSIFIER": "scripted", **env})
     runtime = Runtime(config, config.section("core", CoreSettings))
     await runtime.start(lambda _line: None)
+    if classified is not None:
+        assert runtime.classifier is not None
+        real = runtime.classifier.classify
+
+        async def recording(user_turns: Sequence[str]) -> Decision:
+            classified.append(list(user_turns))
+            return await real(user_turns)
+
+        runtime.classifier.classify = recording  # type: ignore[method-assign]
     sent: list[dict] = []
     host = SessionHost(runtime, lambda text: sent.append(json.loads(text)) is None, lambda *_args: True)
     lengths: list[int] = []
@@ -87,6 +100,18 @@ async def test_a_classifier_only_sessions_history_keeps_the_classifiers_window()
     lengths, whole, _ = await _long_session(env, 60)
     assert len(whole) == 60
     assert min(lengths[20:]) >= 16 and max(lengths) <= 2 * 16
+
+
+@pytest.mark.parametrize("mode", ["tool", "both"])
+async def test_the_classifier_is_handed_only_the_user_turns_it_can_read(mode: str) -> None:
+    """At most TOOL_HISTORY_TOKENS earlier user turns (a turn is at least one
+    token), newest last: a long session's decision costs what a short one's does."""
+    classified: list[list[str]] = []
+    await _long_session({"DEPLOY_MODE": mode, "TOOL_HISTORY_TOKENS": "16", "CHAT_MAX_OUT": "20"}, 40, classified)
+    utterances = [f"question number {i} about the weather" for i in range(40)]
+    assert len(classified) == 40
+    for i, turns in enumerate(classified):
+        assert turns == utterances[max(0, i - 16) : i + 1], i
 
 
 def _msgs(roles: str) -> list[Message]:

@@ -285,8 +285,17 @@ class TurnRunner:
         self._done("stop", prompt_tokens=0)
 
     def _user_turns(self) -> list[str]:
-        turns = [m.content for m in self.history if m.role == "user"]
-        turns.append(self.spec.text)
+        """Earlier user turns, then the utterance: only the newest
+        TOOL_HISTORY_TOKENS, all the classifier can read (a turn is at least
+        one token), so a long session's decision costs what a short one's does."""
+        turns = [self.spec.text]
+        room = self.runtime.settings.tool_history_tokens
+        for message in reversed(self.history):
+            if len(turns) > room:
+                break
+            if message.role == "user":
+                turns.append(message.content)
+        turns.reverse()
         return turns
 
     # --- chat -------------------------------------------------------------------
