@@ -921,6 +921,7 @@ async def both_phase(args: argparse.Namespace) -> dict[str, Any]:
     import threading
 
     import psutil
+    from yap_core.board import Board
     from yap_core.server_process import free_port, http_get
     from yap_core.workers import ServeOptions, WorkerSpec, listen, start_worker
 
@@ -949,10 +950,13 @@ async def both_phase(args: argparse.Namespace) -> dict[str, Any]:
     log = log_path.open("ab")
     socks = listen(host, port, n)
     options = ServeOptions(host=host, port=port, certfile=None, keyfile=None, access_log=False)
+    board = Board.create(n)  # the workers' shared counts, as `yap serve` makes them
     workers = [start_worker(WorkerSpec(index=i, count=n, fd=socks[i % len(socks)].fileno(), parent_pid=os.getpid(),
-                                       attachment=share.attachments[k + i]), options, log) for i in range(n)]  # fmt: skip
+                                       attachment=share.attachments[k + i], board_fd=board.fd), options, log)
+               for i in range(n)]  # fmt: skip
     for sock in socks:
         sock.close()
+    board.close()  # the workers hold it
     try:
         t0 = time.perf_counter()
         raws = []

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from reliability_net import open_ws, recv
+from reliability_net import open_ws, recv, send
 from served import SCRIPTED, serve, yap
 from websockets.exceptions import ConnectionClosed
 from yap_core.server_process import ServerProcess, http_get
@@ -62,8 +62,7 @@ def test_every_worker_serves_on_the_one_port(two_workers: ServerProcess) -> None
     assert {b["worker"]["pid"] for b in seen.values()} == {p.pid for p in procs}
     for body in seen.values():
         assert body["worker"]["count"] == 2
-        assert body["worker"]["connections"]["max"] == 20  # ceil(39 / 2): the limit is split, not multiplied
-        assert body["connections"]["max"] == 40  # the deployment's: both workers' rows
+        assert body["connections"]["max"] == 39  # the deployment's limit, neither split nor multiplied
         assert [(w["index"], w["state"]) for w in body["workers"]] == [(0, "ready"), (1, "ready")]
 
 
@@ -99,12 +98,12 @@ async def test_status_counts_every_workers_sockets_and_turns(tmp_path: Path) -> 
         answers = status_from_each_worker(server)
         for body in answers.values():
             assert body["connections"]["active"] == 8 and body["active_turns"] == 8, body
-            assert body["connections"]["available"] == 40 - 8
+            assert body["connections"]["available"] == 39 - 8
             rows = body["workers"]
             assert sum(r["connections"] for r in rows) == 8 and sum(r["active_turns"] for r in rows) == 8
             own = rows[body["worker"]["index"]]
             assert own["pid"] == body["worker"]["pid"]
-            assert own["connections"] == body["worker"]["connections"]["active"]
+            assert own["connections"] == body["worker"]["connections"]
             assert own["active_turns"] == body["worker"]["active_turns"]
         assert {r["pid"] for r in answers[0]["workers"]} == {p.pid for p in workers_of(server)}
         # Each worker's engine requests, from its health check's stats (each second).
@@ -129,6 +128,46 @@ async def test_status_counts_every_workers_sockets_and_turns(tmp_path: Path) -> 
             break
         await asyncio.sleep(0.1)
     assert all(quiet)
+    await server.stop()
+
+
+async def test_the_connection_limit_is_the_deployments_wherever_the_kernel_sends_a_socket(tmp_path: Path) -> None:
+    """MAX_CONCURRENT_CONNECTIONS=4 over 2 workers: one worker may hold all 4,
+    and a fifth socket is refused wherever it lands. Sockets that the kernel
+    hands to worker 1 are closed, so worker 0 ends up holding every one. Before,
+    each worker held at most ceil(4 / 2) = 2, and a third socket hashed to the
+    same worker was refused while the other had room."""
+    server = ServerProcess({**SCRIPTED, "SERVER_WORKERS": "2", "MAX_CONCURRENT_CONNECTIONS": "4"},
+                           log_path=tmp_path / "server.log")  # fmt: skip
+    await server.start(120)
+    held = []
+    try:
+        for _ in range(80):
+            if len(held) == 4:
+                break
+            ws = await open_ws(server.ws_url, KEY)
+            await send(ws, {"type": "ping", "session_id": None, "request_id": None, "payload": {}})
+            assert (await recv(ws, 10))["type"] == "pong"  # admitted
+            if status(server)["workers"][0]["connections"] == len(held) + 1:
+                held.append(ws)
+                continue
+            await ws.close()
+            deadline = time.monotonic() + 10
+            while status(server)["connections"]["active"] != len(held) and time.monotonic() < deadline:  # noqa: ASYNC110 - polling another process
+                await asyncio.sleep(0.05)
+        assert len(held) == 4
+        body = status(server)
+        assert [r["connections"] for r in body["workers"]] == [4, 0]
+        assert body["connections"] == {"active": 4, "max": 4, "available": 0, "at_capacity": True}
+        for _ in range(4):  # wherever the kernel sends it
+            ws = await open_ws(server.ws_url, KEY)
+            frame = await recv(ws, 10)
+            await ws.close()
+            assert frame["payload"]["code"] == "server_at_capacity", frame
+            assert frame["payload"]["capacity"] == {"active": 4, "max": 4}
+    finally:
+        for ws in held:
+            await ws.close()
     await server.stop()
 
 

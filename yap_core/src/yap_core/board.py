@@ -7,18 +7,25 @@ small shared memory file, a row per worker, and passes it to every worker
 only its own row, when its counts change; /status reads every row and answers
 for the whole deployment.
 
-A row is six 64-bit integers written in one ``pack_into``. A reader on
-another CPU could in principle see a row half-written; the numbers are
-counts for a status page, read again at the next request, so no lock.
+A row is six 64-bit integers written in one ``pack_into``. The connection
+counts also enforce MAX_CONCURRENT_CONNECTIONS across the deployment, so a
+worker changes its count only under ``locked()`` (a POSIX record lock on the
+file: owned per process, so it excludes workers that share the inherited
+descriptor, where flock would not); it is held for a few microseconds, once
+when a socket is admitted and once when it closes, never during a turn. The
+other fields are counts for a status page, written without the lock.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import mmap
 import os
 import struct
 import sys
 import tempfile
+from collections.abc import Iterator
 
 import msgspec
 
@@ -35,7 +42,7 @@ class WorkerRow(msgspec.Struct, frozen=True):
     pid: int
     state: str  # one of STATES, or "unknown" before the worker wrote its row
     connections: int
-    max_connections: int
+    max_connections: int  # the deployment's limit, which every worker enforces on the total
     active_turns: int
     engine_requests: int  # running + waiting in its engine, as of its last stats() (at most ~1 s old)
 
@@ -65,6 +72,19 @@ class Board:
               engine_requests: int) -> None:
         _ROW.pack_into(self._map, index * _ROW.size, self._pid, STATES.index(state) + 1, connections,
                        max_connections, active_turns, engine_requests)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Every worker's connection count held still (see the module docstring)."""
+        fcntl.lockf(self.fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN)
+
+    def connections(self) -> int:
+        """The deployment's open sockets: every row's count."""
+        return sum(_ROW.unpack_from(self._map, i * _ROW.size)[2] for i in range(self.count))
 
     def rows(self) -> list[WorkerRow]:
         out = []

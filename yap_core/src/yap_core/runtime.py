@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 
 from yap_core import __version__ as core_version
-from yap_core.board import Board, WorkerRow
+from yap_core.board import Board
 from yap_core.contracts import Classifier, Engine, EngineStats, Progress, Sampling
 from yap_core.plugins import PluginError, PluginHost, installed_plugins
 from yap_core.settings import Config, CoreSettings
@@ -76,7 +76,7 @@ class Runtime:
             config.env, engine=settings.inference_engine, settings=settings, worker=None if worker is None else worker.index
         )
         # The workers' shared counts, for a /status of the whole deployment.
-        self.board = None if worker is None or worker.board_fd is None else Board(worker.board_fd, worker.count)
+        self.board = None if worker is None else Board(worker.board_fd, worker.count)
         self._state: State = "starting"
         self.detail = "loading models"
         self.started_at = time.monotonic()
@@ -214,28 +214,37 @@ class Runtime:
     def _publish(self) -> None:
         """This worker's counts on the board, after each change (a few hundred ns)."""
         if self.board is not None and self.worker is not None:
-            self.board.write(self.worker.index, self._state, self.connections, self.max_connections,
+            self.board.write(self.worker.index, self._state, self.connections, self.settings.max_concurrent_connections,
                              self.active_turns, self.engine_requests)
 
-    @property
-    def max_connections(self) -> int:
-        total = self.settings.max_concurrent_connections
-        return total if self.worker is None else self.worker.max_connections(total)
-
     def capacity(self) -> Capacity:
-        available = max(0, self.max_connections - self.connections)
-        return Capacity(self.connections, self.max_connections, available, available == 0)
+        """The deployment's sockets against MAX_CONCURRENT_CONNECTIONS (with
+        workers, every worker's count on the board)."""
+        limit = self.settings.max_concurrent_connections
+        active = self.connections if self.board is None else self.board.connections()
+        available = max(0, limit - active)
+        return Capacity(active, limit, available, available == 0)
 
     def try_acquire_connection(self) -> bool:
-        if self.connections >= self.max_connections:
+        if self.board is None:
+            return self._acquire(self.connections)
+        with self.board.locked():  # two workers must not both take the last place
+            return self._acquire(self.board.connections())
+
+    def _acquire(self, active: int) -> bool:
+        if active >= self.settings.max_concurrent_connections:
             return False
         self.connections += 1
         self._publish()
         return True
 
     def release_connection(self) -> None:
-        self.connections -= 1
-        self._publish()
+        if self.board is None:
+            self.connections -= 1
+            return
+        with self.board.locked():
+            self.connections -= 1
+            self._publish()
 
     def turn_started(self) -> None:
         self.active_turns += 1
@@ -308,24 +317,16 @@ class Runtime:
                 "index": self.worker.index,
                 "count": self.worker.count,
                 "pid": os.getpid(),
-                "connections": msgspec.to_builtins(self.capacity()),
+                "connections": self.connections,
                 "active_turns": self.active_turns,
             },
             "workers": None if rows is None else msgspec.to_builtins(rows),
-            "connections": msgspec.to_builtins(self.capacity() if rows is None else _total_capacity(rows)),
+            "connections": msgspec.to_builtins(self.capacity()),
             "active_turns": self.active_turns if rows is None else sum(r.active_turns for r in rows),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
             "plugins": self.plugin_versions(),
             "core_version": core_version,
         }
-
-
-def _total_capacity(rows: list[WorkerRow]) -> Capacity:
-    """Every worker's connections: a socket goes to the worker the kernel
-    picks, so what is available is the sum of each worker's room."""
-    active = sum(r.connections for r in rows)
-    available = sum(max(0, r.max_connections - r.connections) for r in rows)
-    return Capacity(active, sum(r.max_connections for r in rows), available, available == 0)
 
 
 def _freeze_heap() -> None:

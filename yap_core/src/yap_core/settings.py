@@ -268,7 +268,7 @@ class CoreSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     server_workers: Annotated[
         int,
-        doc("Server processes sharing the port and one engine (each runs its own event loop; MAX_CONCURRENT_CONNECTIONS is split between them). More than 1 needs an engine that can be shared (vllm, scripted).", ge=1, le=64),
+        doc("Server processes sharing the port and one engine (each runs its own event loop; MAX_CONCURRENT_CONNECTIONS holds for them together). More than 1 needs an engine that can be shared (vllm, scripted).", ge=1, le=64),
     ] = 1
 
     otel_exporter_otlp_endpoint: Annotated[

@@ -15,8 +15,10 @@ supervisor with N workers, the way vLLM's own API server scales
   idle burst of connections to whichever worker wakes first); elsewhere they
   share one socket.
 - Each worker is a whole server (its own event loop, sessions, /healthz,
-  /status with its index) holding ceil(MAX_CONCURRENT_CONNECTIONS / N)
-  sockets; a session lives in the worker that accepted its socket.
+  /status with its index); a session lives in the worker that accepted its
+  socket. MAX_CONCURRENT_CONNECTIONS holds for the deployment: a worker admits
+  a socket while the total on the shared board (board.py) is under it, so a
+  worker the kernel's hash favours is not refused while others have room.
 - SIGTERM/SIGINT to the supervisor is passed on: every worker drains, then the
   shared engine stops. A second signal is passed on too (workers stop at
   once). A worker that exits on its own (crash, dead engine) stops the
@@ -29,7 +31,6 @@ supervisor with N workers, the way vLLM's own API server scales
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import signal
 import socket
@@ -59,10 +60,7 @@ class WorkerSpec(msgspec.Struct, kw_only=True, frozen=True):
     fd: int  # the inherited listening socket
     parent_pid: int
     attachment: Any = None  # the engine's, from EngineShare.attachments
-    board_fd: int | None = None  # the workers' shared counts (board.Board), inherited
-
-    def max_connections(self, total: int) -> int:
-        return math.ceil(total / self.count)
+    board_fd: int  # the workers' shared counts (board.Board), inherited
 
     def label(self) -> str:
         return f"worker {self.index + 1}/{self.count}"
@@ -164,7 +162,7 @@ def start_worker(spec: WorkerSpec, options: ServeOptions, log: IO[bytes] | None 
     argv = [sys.executable, "-m", "yap_core.cli", "serve", *options.worker_args(),
             "--worker-spec", msgspec.json.encode(spec).decode()]
     # Own session: a terminal's Ctrl-C goes to the supervisor only, which drains the workers.
-    fds = (spec.fd,) if spec.board_fd is None else (spec.fd, spec.board_fd)
+    fds = (spec.fd, spec.board_fd)
     return subprocess.Popen(argv, pass_fds=fds, start_new_session=True, stdin=subprocess.DEVNULL,
                             stdout=log, stderr=subprocess.STDOUT if log is not None else None)
 
