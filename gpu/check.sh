@@ -30,7 +30,7 @@ export PYTHONPATH="$SITE" PATH="$SITE/bin:$PATH" PYTHONUNBUFFERED=1 \
 MODEL="$WH/models/llama-1b"                         # Llama-3.2-1B shape, random weights
 GGUF="$XTRA/SmolLM2-135M-Instruct.Q4_1.gguf"       # real text
 T0=$(date +%s)
-step="${1:?step: recv DIR | setup | smoke | conformance | protocol | bench | bench_si4 | classifier | extras | quant}"
+step="${1:?step: recv DIR | setup | smoke | engine [TAG] | conformance | protocol | bench | bench_si4 | classifier | extras | quant}"
 shift
 log() { echo "[check $step +$(( $(date +%s) - T0 ))s] $*"; }
 
@@ -194,6 +194,15 @@ quant)
     grep -aiE "quantiz|marlin|kernel|Error|Traceback" "$OUT/quant_$name.log" | cut -c1-300 | tail -15
     python3 -c "import json,sys;d=json.load(open(sys.argv[1]));print({k:d.get(k) for k in ('quantization','engine_start_s','greedy_text','greedy_deterministic','abort','prefill')})" "$OUT/quant_$name.json"
   done
+  exit $rc;;
+engine)
+  # The engine part of the smoke alone (no server), under the engine settings in the
+  # environment, e.g. `KV_DTYPE=fp8 ENFORCE_EAGER=1 bash gpu/check.sh engine kv-fp8`:
+  # the JSON's kv_cache says what vLLM applied.
+  tag="${1:-default}"; log "engine smoke ($tag) on $MODEL"
+  python3 gpu/engine_smoke.py --model "$MODEL" --load-format dummy --skip-server --out "$OUT/engine_$tag.json" > "$OUT/engine_$tag.log" 2>&1
+  rc=$?; grep -aiE "kv cache|kv_cache|fp8|Error|Traceback" "$OUT/engine_$tag.log" | cut -c1-300 | tail -15
+  python3 -c "import json,sys;d=json.load(open(sys.argv[1]));print({k:d.get(k) for k in ('kv_cache','engine_start_s','greedy_deterministic','abort','prefill','concurrent_finishes')})" "$OUT/engine_$tag.json"
   exit $rc;;
 healthz)
   # /healthz keeps answering (503 starting) while vLLM starts, then a turn streams.

@@ -53,6 +53,9 @@ async def engine_checks(args: argparse.Namespace, out: dict[str, Any]) -> None:
     out["quantization"] = engine.quant_plan.reason
     out["engine_kwargs"] = engine.engine_kwargs_used
     out["max_model_len"] = engine.max_model_len
+    # What vLLM applied, not what was asked (KV_DTYPE=fp8: the cache's dtype and its size in blocks)
+    cache = engine.async_llm.vllm_config.cache_config
+    out["kv_cache"] = {"dtype": cache.cache_dtype, "block_size": cache.block_size, "gpu_blocks": cache.num_gpu_blocks}
     tok = engine.tokenizer
     ids = tuple(tok.encode("The weather today is lovely, so let us talk about", add_special_tokens=False))
 
