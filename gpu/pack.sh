@@ -17,6 +17,12 @@ if [ "${1:-}" = "--quant" ]; then
   i=1; for p in /tmp/yap-quant.tar.part-*; do mkdir -p .wh/q$i; mv "$p" .wh/q$i/quant.tar.$(basename "$p" | sed 's/.*tar\.//'); i=$((i+1)); done
   du -sh .wh/q*; exit 0
 fi
+# The GPU image has no Hypercorn: without it every server step fails there, after
+# the set-up calls have been paid for (session 15 did that once). Stop here instead.
+grep -qi '^hypercorn==' .wh/deps.txt 2>/dev/null || {
+  echo 'the vLLM kit in .wh lacks hypercorn: EXTRA="hypercorn websockets gguf" bash ../shared/gpu/prepare.sh' >&2
+  exit 1
+}
 rm -rf .wh/c4/proj && mkdir -p .wh/c4/proj
 $PY -m pip wheel -q --no-deps -w .wh/c4/proj ./yap_core ./yap_engines_vllm ./yap_classifier ./yap_engines_trt
 $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
