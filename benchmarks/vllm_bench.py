@@ -17,6 +17,10 @@ Three phases, each a separate process so each has the GPU to itself:
         sustained windows with the raw sessions spread over K AsyncLLM
         clients (raw-split), as the workers spread theirs.
   report  Merges the two JSON files into a markdown table and checks targets.
+  turns   Each turn's server-side split (TURN_TIMING_LOG) of one or more server
+        logs (``bench_both_w*.server.log`` in the step's ``.tgz``), as
+        percentiles: how long a turn's frame waits for its task, for the
+        engine call, for the engine's first token.
 
 Sustained (16 and 64 sessions): every session runs turns back to back for
 SUSTAIN_S seconds (a fixed system prompt per session, prefix-cached after its
@@ -40,6 +44,7 @@ Usage (on the GPU machine; see gpu/check.sh):
   python benchmarks/vllm_bench.py ws  --model DIR --out ws.json  [--load-format dummy]
   python benchmarks/vllm_bench.py both --model DIR --workers 4 --pin-engine 3 --out both.json
   python benchmarks/vllm_bench.py report raw.json ws.json --out vllm_bench.md   (or: report both.json)
+  python benchmarks/vllm_bench.py turns bench_both_w1.server.log [more logs]
 """
 
 from __future__ import annotations
@@ -1241,11 +1246,31 @@ def report(raw: dict[str, Any], ws: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+TURN_KEYS = ("task_ms", "submit_ms", "engine_first_ms", "ttft_ms")
+
+
+def turns_table(logs: list[str]) -> str:
+    """Per server log: turns, and p50 / p90 of each TURN_KEYS figure (ms) over
+    every turn the log holds that reached the engine."""
+    from yap_core.turn import timing_records
+
+    head = "| log | turns | " + " | ".join(f"{k} p50 / p90" for k in TURN_KEYS) + " |"
+    lines = [head, "|" + " --- |" * (len(TURN_KEYS) + 2)]
+    for log in logs:
+        recs = [r for r in timing_records(Path(log).read_text(errors="replace")).values() if r.get("submit_ms") is not None]
+        cells = []
+        for key in TURN_KEYS:
+            values = [float(r[key]) for r in recs if r.get(key) is not None]
+            cells.append(f"{_r(pct(values, 0.5))} / {_r(pct(values, 0.9))}" if values else "-")
+        lines.append(f"| {Path(log).name} | {len(recs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     global CONCURRENCY, ROUNDS, CLIENT_PROCS, SUSTAIN_C, SUSTAIN_S, SUSTAIN_WARM_S, SUSTAIN_BLOCKS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("phase", choices=["raw", "ws", "both", "load", "report"])
-    ap.add_argument("files", nargs="*", help="report: raw.json ws.json, or one both.json")
+    ap.add_argument("phase", choices=["raw", "ws", "both", "load", "report", "turns"])
+    ap.add_argument("files", nargs="*", help="report: raw.json ws.json, or one both.json; turns: server logs")
     ap.add_argument("--model", help="model folder (config.json + tokenizer) or checkpoint")
     ap.add_argument("--load-format", default="auto", help="dummy: random weights")
     ap.add_argument("--attn", default="FLASH_ATTN")
@@ -1258,7 +1283,7 @@ def main() -> None:
     ap.add_argument("--raw-clients", type=int, default=1,
                     help="both phase: AsyncLLM clients on the raw side; above 1 adds raw-split sustained windows")
     ap.add_argument("--pin-engine", type=int, default=0, help="both phase: physical cores reserved for vLLM's engine core (0: no pinning)")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", help="where the JSON (or the report's markdown) goes; required but for turns")
     ap.add_argument("--quick", action="store_true", help="tiny run (c=1 and 4, one round): checks the script, measures nothing")
     ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="session counts of the round cells")
     ap.add_argument("--sustain", default=",".join(map(str, SUSTAIN_C)), help="session counts of the sustained cells (--sustain= for none)")
@@ -1277,6 +1302,11 @@ def main() -> None:
     if args.quick:
         CONCURRENCY, ROUNDS, CLIENT_PROCS = (1, 4), {1: 1, 4: 1}, 2
         SUSTAIN_C, SUSTAIN_S, SUSTAIN_WARM_S = (4,), 2.0, 0.5
+    if args.phase == "turns":
+        print(turns_table(args.files))
+        return
+    if not args.out:
+        sys.exit("--out is required")
     if args.phase == "report":
         loaded = [json.loads(Path(f).read_text()) for f in args.files]
         raw, ws = loaded if len(loaded) == 2 else (loaded[0]["raw"], loaded[0]["ws"] | {"method": loaded[0]["method"]})
