@@ -13,7 +13,9 @@ this client pinned to another, and prints:
    sent: every per-turn cost is spread over them). Tokens, not frames: when
    the server lags, a turn's pieces join one frame (connection.Outbox), so
    frames alone would flatter a saturated server; the scripted reply is one
-   word per token, so the client counts words.
+   word per token, so the client counts words. Also, from TURN_TIMING_LOG, how
+   long each turn started in that window waited for its task to run and for
+   the engine call while the core was saturated.
 
     .venv/bin/python benchmarks/server_overhead.py [--sessions 64] [--seconds 10] [--client-deflate [--server-deflate]]
 
@@ -39,6 +41,7 @@ import psutil
 from websockets.exceptions import ConnectionClosed
 from yap_core.latency_stats import Summary, fmt_ms, summarize
 from yap_core.server_process import ServerProcess
+from yap_core.turn import timing_records
 from yap_core.wsclient import Frame, ProtocolError, YapConnection, new_id
 
 KEY = "overhead-bench-key"
@@ -58,6 +61,7 @@ def server_env(deploy_mode: str, deflate: bool = False) -> dict[str, str]:
         "WS_MAX_MESSAGES_PER_WINDOW": "0",
         "WS_MAX_CANCELS_PER_WINDOW": "0",
         "LOG_LEVEL": "WARNING",
+        "TURN_TIMING_LOG": "true",  # each turn's wait for its task, read in the throughput phase
         "OTEL_EXPORTER_OTLP_ENDPOINT": "",
     }
 
@@ -192,7 +196,17 @@ async def throughput_phase(url: str, sessions: int, seconds: float, server_pid: 
         "server_cpu_percent": 100 * server_cpu / seconds,
         "client_processes": len(results),
         "server_us_per_frame": 1e6 * server_cpu / max(frames, 1),
+        "start": start,
+        "stop": stop,
     }
+
+
+def turn_waits(log: Path, start: float, stop: float) -> tuple[Summary, Summary]:
+    """task_ms and submit_ms (TURN_TIMING_LOG) of the turns whose frame arrived
+    in [start, stop]: how long a new turn waited for its task, and for the
+    engine call, while the server's core was saturated."""
+    recs = [r for r in timing_records(log.read_text(errors="replace")).values() if start <= r["received_at"] <= stop]
+    return summarize([r["task_ms"] for r in recs]), summarize([r["submit_ms"] for r in recs])
 
 
 def pin(cpus: set[int]) -> None:
@@ -246,6 +260,11 @@ async def run(args: argparse.Namespace) -> None:
             print(f"server CPU {t['server_cpu_percent']:.0f}% of its one core; "
                   f"server CPU time per token: {t['server_us_per_token']:.1f} us, per token frame: "
                   f"{t['server_us_per_frame']:.1f} us (target < 50 us)")
+            await asyncio.sleep(0.2)  # the last turns' timing lines
+            task, submit = turn_waits(log, t["start"], t["stop"])
+            print(f"  turns started in the window: {task.count}; frame in -> the turn's task runs p50 "
+                  f"{fmt_ms(task.p50)} p90 {fmt_ms(task.p90)} ms, -> engine called p50 {fmt_ms(submit.p50)} "
+                  f"p90 {fmt_ms(submit.p90)} ms")
         finally:
             await srv.stop()
             await asyncio.to_thread(log.unlink, missing_ok=True)
