@@ -65,12 +65,15 @@ def test_soak_hf_engine_small(tmp_path: Path) -> None:
     #   this model) it fills through every round by design, and RSS grew
     #   300-410 MiB in one 10 s round against the 400 MiB limit; 2,048 tokens
     #   (~95 MiB) fill within the first round;
-    # - two rounds, the second allowed 100 MiB over the first: between rounds
-    #   that ran the same load, torch's allocations moved RSS by up to 65 MiB
-    #   either way (fewer glibc arenas, MALLOC_ARENA_MAX=2, made that rarer).
+    # - three rounds, the last allowed 100 MiB over the one before: between
+    #   rounds that ran the same load, torch's allocations moved RSS by up to
+    #   65 MiB either way (fewer glibc arenas, MALLOC_ARENA_MAX=2, made that
+    #   rarer). The first round is not compared: on a busy box it can end
+    #   before RSS levels off (CI, session 15: 1,324 then 1,427 MiB, where
+    #   quiet runs end their first round at 1,409-1,424).
     #   A request whose KV were never freed would add ~27 MiB, and a round runs
     #   ~150 requests: a leak of that kind is GBs.
-    report = run_soak(tmp_path, "--engine", "hf", "--sessions", "8", "--duration", "10", "--rounds", "2",
+    report = run_soak(tmp_path, "--engine", "hf", "--sessions", "8", "--duration", "10", "--rounds", "3",
                       "--slow-readers", "0", "--max-tokens", "4", "--think-ms", "300", "--frame-timeout", "120",
                       "--max-rss-growth-mib", "400", "--max-round-growth-mib", "100",
                       "--server-env", "CHAT_TEMPERATURE=0", "--server-env", "CHAT_MAX_OUT=16",
