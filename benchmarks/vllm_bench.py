@@ -29,7 +29,10 @@ tokens/s over that window (each turn's tokens spread evenly over its
 first-to-last-token time, cut to the window) and the turns' TTFT. No
 synchronised burst: the throughput figure the targets are judged on. With
 ``both``, two windows a side, in the order raw, ws, ws, raw (a drift of the
-engine's speed over the minutes of a run weighs on both sides alike).
+engine's speed over the minutes of a run weighs on both sides alike), and the
+WebSocket side's time between a session's two engine requests split into its
+hops (``cycle_split``): what a session spends outside the engine is what
+lowers the requests per step.
 
 Workloads: concurrency 1, 16, 64 (sessions at once), each "cold" (a fresh
 ~600-token system prompt per session) and "warm" (the session's prefix is
@@ -609,15 +612,22 @@ async def _ws_worker(url: str, pairs: list[tuple[str, str]], warm: bool, start_a
             await conn.close()
 
 
-def ws_sustain_worker(url: str, sessions: list[tuple[int, str]], w1: float, window: int) -> tuple[list[tuple[float, float | None, float, int]], float]:
-    """One client process's share of a sustained window: its turns, and the CPU
-    seconds this client process spent (the benchmark's own load on the host)."""
+Cycle = tuple[str, int, float, float, float]  # request id, session, sent (time.time), sent and done (perf_counter)
+
+
+def ws_sustain_worker(url: str, sessions: list[tuple[int, str]], w1: float,
+                      window: int) -> tuple[list[tuple[float, float | None, float, int]], float, list[Cycle]]:  # fmt: skip
+    """One client process's share of a sustained window: its turns, the CPU
+    seconds this client process spent (the benchmark's own load on the host),
+    and each turn's ``Cycle`` (for ``cycle_split``)."""
     cpu0 = time.process_time()
-    turns = asyncio.run(_ws_sustain_worker(url, sessions, w1, window))
-    return turns, time.process_time() - cpu0
+    cycles: list[Cycle] = []
+    turns = asyncio.run(_ws_sustain_worker(url, sessions, w1, window, cycles))
+    return turns, time.process_time() - cpu0, cycles
 
 
-async def _ws_sustain_worker(url: str, sessions: list[tuple[int, str]], w1: float, window: int) -> list[tuple[float, float | None, float, int]]:
+async def _ws_sustain_worker(url: str, sessions: list[tuple[int, str]], w1: float, window: int,
+                             cycles: list[Cycle]) -> list[tuple[float, float | None, float, int]]:  # fmt: skip
     from yap_core.wsclient import YapConnection
 
     turns: list[tuple[float, float | None, float, int]] = []
@@ -637,6 +647,7 @@ async def _ws_sustain_worker(url: str, sessions: list[tuple[int, str]], w1: floa
                 assert turn.end == "done", (turn.end, turn.error)
                 first = None if turn.first_token_s is None else sent + turn.first_token_s
                 turns.append((sent, first, sent + turn.total_s, (turn.usage or {}).get("completion_tokens", 0)))
+                cycles.append((turn.request_id, i, sent, turn.sent_at, turn.sent_at + turn.total_s))
         finally:
             await conn.close()
 
@@ -653,6 +664,12 @@ class Front:
 
     def cpu(self) -> float:
         return sum(sum(p.cpu_times()[:2]) for p in self.procs)
+
+    def timings(self) -> dict[str, dict[str, Any]]:
+        """The server's TURN_TIMING_LOG lines so far, by request_id."""
+        from yap_core.turn import timing_records
+
+        return timing_records(self.log_path.read_text(errors="replace"))
 
 
 async def ws_phase(args: argparse.Namespace) -> dict[str, Any]:
@@ -680,11 +697,13 @@ def client_pool() -> Any:
     return ProcessPoolExecutor(max_workers=CLIENT_PROCS, mp_context=multiprocessing.get_context("spawn"))
 
 
-async def ws_sustained(front: Front, pool: Any, c: int, window: int = 0, client_cores: list[float] | None = None) -> Window:
+async def ws_sustained(front: Front, pool: Any, c: int, window: int = 0, client_cores: list[float] | None = None,
+                       cycles: list[Cycle] | None = None) -> Window:  # fmt: skip
     """One sustained window through the WebSocket path: c sessions, spread over
     the client processes, run turns back to back (utterances as raw_sustained's).
     ``client_cores`` gets the CPU cores the client processes kept busy: load on
-    the engine core's host that the raw side does not have."""
+    the engine core's host that the raw side does not have; ``cycles`` the
+    ``Cycle`` of each turn sent in the window."""
     loop = asyncio.get_running_loop()
     systems = [(i + front.salt, s) for i, (s, _) in enumerate(session_texts(200_000 + c + front.salt, c))]
     procs = min(CLIENT_PROCS, c)
@@ -695,8 +714,46 @@ async def ws_sustained(front: Front, pool: Any, c: int, window: int = 0, client_
                                    for i in range(procs)])  # fmt: skip
     wall = time.time() - w0 + SUSTAIN_WARM_S
     if client_cores is not None:
-        client_cores.append(sum(cpu for _, cpu in parts) / wall)
-    return [t for turns, _ in parts for t in turns], w0, w1, (front.cpu() - cpu0) / wall
+        client_cores.append(sum(cpu for _, cpu, _c in parts) / wall)
+    if cycles is not None:
+        cycles += [x for _, _cpu, part in parts for x in part if w0 <= x[2] <= w1]
+    return [t for turns, _, _c in parts for t in turns], w0, w1, (front.cpu() - cpu0) / wall
+
+
+CYCLE_KEYS = ("done_hop_ms", "client_gap_ms", "hop_in_ms", "submit_ms", "between_ms", "engine_first_ms")
+
+
+def cycle_split(cycles: list[Cycle], logged: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Where a sustained session's time between two engine requests goes, p50 /
+    p90 ms over the turns of the ws windows (client clock and TURN_TIMING_LOG on
+    the host's one perf_counter): the server queued ``done`` -> the client has
+    it (done_hop: the sender, Hypercorn, kernel, client library); -> the client
+    sends its next turn (client_gap: the client process's own lag); -> the
+    server's app has that frame (hop_in); -> vLLM called (submit_ms). Their
+    sum is between_ms: a raw session's next request follows its last output
+    after one prompt render. Each row's next turn is its session's next one."""
+    by_session: dict[int, list[Cycle]] = {}
+    for x in sorted(cycles, key=lambda x: x[3]):
+        by_session.setdefault(x[1], []).append(x)
+    values: dict[str, list[float]] = {k: [] for k in CYCLE_KEYS}
+    for turns in by_session.values():
+        for prev, nxt in zip(turns, turns[1:], strict=False):
+            a, b = logged.get(prev[0]), logged.get(nxt[0])
+            if not a or not b or a.get("total_ms") is None or b.get("submit_ms") is None:
+                continue
+            split = {"done_hop_ms": (prev[4] - (a["received_at"] + a["total_ms"] / 1e3)) * 1e3,
+                     "client_gap_ms": (nxt[3] - prev[4]) * 1e3,
+                     "hop_in_ms": (b["received_at"] - nxt[3]) * 1e3, "submit_ms": b["submit_ms"]}  # fmt: skip
+            split["between_ms"] = sum(split.values())
+            split["engine_first_ms"] = b.get("engine_first_ms")
+            for k, v in split.items():
+                if v is not None:
+                    values[k].append(float(v))
+    out: dict[str, Any] = {"n": len(values["between_ms"])}
+    for k, v in values.items():
+        if v:
+            out[f"{k}_p50"], out[f"{k}_p90"] = _r(pct(v, 0.5)), _r(pct(v, 0.9))
+    return out
 
 
 async def ws_measure(front: Front, args: argparse.Namespace, start_s: float, *, sustain: bool = True) -> dict[str, Any]:
@@ -706,17 +763,10 @@ async def ws_measure(front: Front, args: argparse.Namespace, start_s: float, *, 
     result: dict[str, Any] = {"server_start_s": round(start_s, 1), "server_processes": len(front.procs)}
     print(f"[ws] server up in {result['server_start_s']} s", flush=True)
     sampling = dict(SAMPLING)
-    log_path = front.log_path
     front_cpu = front.cpu
 
     loop = asyncio.get_running_loop()
     pool = client_pool()
-
-    def timings() -> dict[str, dict[str, Any]]:
-        """The server's TURN_TIMING_LOG lines so far, by request_id."""
-        from yap_core.turn import timing_records
-
-        return timing_records(log_path.read_text(errors="replace"))
 
     async def round_(pairs: list[tuple[str, str]], warm: bool, spin: bool = False) -> tuple[list[dict[str, float]], float, float]:
         procs = min(CLIENT_PROCS, len(pairs))
@@ -736,7 +786,7 @@ async def ws_measure(front: Front, args: argparse.Namespace, start_s: float, *, 
     async def with_timings(samples: list[dict[str, Any]]) -> None:
         """Each turn's server-side split from the timing log, and the two hops."""
         await asyncio.sleep(0.05)  # the log lines of the last turns
-        logged = timings()
+        logged = front.timings()
         for x in samples:
             rec = logged.get(x["request_id"], {})
             for key in ("submit_ms", "engine_first_ms", "after_engine_ms"):
@@ -896,9 +946,10 @@ async def interleaved_sustained(raws: list[Any], front: Front, args: argparse.Na
             await raw_sustained([raw], builder, params, c, window=99)
             windows: dict[str, list[Window]] = {side: [] for side in block}
             client_cores: list[float] = []
+            cycles: list[Cycle] = []
             for k, side in enumerate(block * SUSTAIN_BLOCKS):
                 if side == "ws":
-                    windows[side].append(await ws_sustained(front, pool, c, window=k, client_cores=client_cores))
+                    windows[side].append(await ws_sustained(front, pool, c, window=k, client_cores=client_cores, cycles=cycles))
                 else:
                     windows[side].append(await raw_sustained(engines[side], builder, params, c, window=k))
             steps = probe_file(args) + ".steps"
@@ -909,6 +960,8 @@ async def interleaved_sustained(raws: list[Any], front: Front, args: argparse.Na
                     raw_result[f"{side}/sustained/c{c}"] = summarize_windows(windows[side], steps_path=steps)
             ws_result[f"ws/sustained/c{c}"] = summarize_windows(windows["ws"], "server_main_cpu_cores", steps)
             ws_result[f"ws/sustained/c{c}"]["windows_client_cpu_cores"] = [_r(x) for x in client_cores]
+            await asyncio.sleep(0.05)  # the log lines of the last turns
+            ws_result[f"ws/sustained/c{c}"]["cycle"] = cycle_split(cycles, front.timings())
             sides = "; ".join(f"{side} {raw_result[f'{side}/sustained/c{c}']}" for side in windows if side != "ws")
             print(f"[both] sustained c={c}: {sides}; ws {ws_result[f'ws/sustained/c{c}']}", flush=True)
     finally:
@@ -1184,6 +1237,14 @@ def report(raw: dict[str, Any], ws: dict[str, Any]) -> str:
                          f"WS vs raw-split {_change(s['out_tok_s'], split['out_tok_s'])} | {split['ttft_ms_p50']} | "
                          f"{s['ttft_ms_p50']} | {split['turns_in_window']} | {s['turns_in_window']} | |")  # fmt: skip
     lines += window_lines(raw, ws)
+    for c in SUSTAIN_C:
+        cyc = ws.get(f"ws/sustained/c{c}", {}).get("cycle")
+        if cyc and cyc.get("n"):
+            lines += ["", f"Sustained c={c}, the WebSocket side between a session's two engine requests, p50 / p90 ms over "
+                      f"{cyc['n']} turns (`cycle_split`): `done` queued -> the client has it; -> the client sends its next "
+                      "turn; -> the server's app has it; -> vLLM called; their sum; then vLLM's own first token.", "",
+                      "| " + " | ".join(CYCLE_KEYS) + " |", "|" + "---|" * len(CYCLE_KEYS),
+                      "| " + " | ".join(f"{cyc.get(f'{k}_p50')} / {cyc.get(f'{k}_p90')}" for k in CYCLE_KEYS) + " |"]
     lines += ["", "Where the WebSocket path's TTFT goes (p50 ms; server figures from `done.usage.ttft_ms` and "
               "TURN_TIMING_LOG): client-measured TTFT; the server's own (frame in -> token frame queued); frame in -> "
               "engine called (decode, session, prompt); engine called -> first text from vLLM; first text -> token "
