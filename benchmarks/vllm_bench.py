@@ -612,7 +612,7 @@ async def _ws_worker(url: str, pairs: list[tuple[str, str]], warm: bool, start_a
             await conn.close()
 
 
-Cycle = tuple[str, int, float, float, float]  # request id, session, sent (time.time), sent and done (perf_counter)
+Cycle = tuple[str, int, int, float, float, float]  # request id, session, window, sent (time.time), sent and done (perf_counter)
 
 
 def ws_sustain_worker(url: str, sessions: list[tuple[int, str]], w1: float,
@@ -647,7 +647,7 @@ async def _ws_sustain_worker(url: str, sessions: list[tuple[int, str]], w1: floa
                 assert turn.end == "done", (turn.end, turn.error)
                 first = None if turn.first_token_s is None else sent + turn.first_token_s
                 turns.append((sent, first, sent + turn.total_s, (turn.usage or {}).get("completion_tokens", 0)))
-                cycles.append((turn.request_id, i, sent, turn.sent_at, turn.sent_at + turn.total_s))
+                cycles.append((turn.request_id, i, window, sent, turn.sent_at, turn.sent_at + turn.total_s))
         finally:
             await conn.close()
 
@@ -716,7 +716,7 @@ async def ws_sustained(front: Front, pool: Any, c: int, window: int = 0, client_
     if client_cores is not None:
         client_cores.append(sum(cpu for _, cpu, _c in parts) / wall)
     if cycles is not None:
-        cycles += [x for _, _cpu, part in parts for x in part if w0 <= x[2] <= w1]
+        cycles += [x for _, _cpu, part in parts for x in part if w0 <= x[3] <= w1]
     return [t for turns, _, _c in parts for t in turns], w0, w1, (front.cpu() - cpu0) / wall
 
 
@@ -731,19 +731,20 @@ def cycle_split(cycles: list[Cycle], logged: dict[str, dict[str, Any]]) -> dict[
     sends its next turn (client_gap: the client process's own lag); -> the
     server's app has that frame (hop_in); -> vLLM called (submit_ms). Their
     sum is between_ms: a raw session's next request follows its last output
-    after one prompt render. Each row's next turn is its session's next one."""
-    by_session: dict[int, list[Cycle]] = {}
-    for x in sorted(cycles, key=lambda x: x[3]):
-        by_session.setdefault(x[1], []).append(x)
+    after one prompt render. Each turn is paired with its session's next one
+    in the same window."""
+    by_session: dict[tuple[int, int], list[Cycle]] = {}
+    for x in sorted(cycles, key=lambda x: x[4]):
+        by_session.setdefault((x[1], x[2]), []).append(x)
     values: dict[str, list[float]] = {k: [] for k in CYCLE_KEYS}
     for turns in by_session.values():
         for prev, nxt in zip(turns, turns[1:], strict=False):
             a, b = logged.get(prev[0]), logged.get(nxt[0])
             if not a or not b or a.get("total_ms") is None or b.get("submit_ms") is None:
                 continue
-            split = {"done_hop_ms": (prev[4] - (a["received_at"] + a["total_ms"] / 1e3)) * 1e3,
-                     "client_gap_ms": (nxt[3] - prev[4]) * 1e3,
-                     "hop_in_ms": (b["received_at"] - nxt[3]) * 1e3, "submit_ms": b["submit_ms"]}  # fmt: skip
+            split = {"done_hop_ms": (prev[5] - (a["received_at"] + a["total_ms"] / 1e3)) * 1e3,
+                     "client_gap_ms": (nxt[4] - prev[5]) * 1e3,
+                     "hop_in_ms": (b["received_at"] - nxt[4]) * 1e3, "submit_ms": b["submit_ms"]}  # fmt: skip
             split["between_ms"] = sum(split.values())
             split["engine_first_ms"] = b.get("engine_first_ms")
             for k, v in split.items():
