@@ -145,6 +145,23 @@ def sustained_turn_texts(seed: int, turn: int) -> str:
     return "Tell me about " + " ".join(rng.choice(WORDS) for _ in range(30)) + "?"
 
 
+REPLY_SPREAD = 0.0  # --reply-spread (see sustained_reply_tokens)
+
+
+def sustained_reply_tokens(seed: int, turn: int, spread: float) -> int:
+    """max_tokens of a sustained turn: MAX_TOKENS, or with ``spread`` > 0 drawn
+    from [MAX_TOKENS * (1 - spread), MAX_TOKENS] by (session, turn), the same
+    on both sides. With every reply 150 tokens (random weights seldom end one
+    early) and every session started at once, raw's sessions run in lockstep
+    and vLLM admits their next turns in a few large steps; the WebSocket
+    path's hops scatter them over many steps, and each step that admits a
+    request is several times longer (run 15). Users do not arrive in lockstep."""
+    if spread <= 0:
+        return MAX_TOKENS
+    rng = random.Random(seed * 100_019 + turn + 7)
+    return MAX_TOKENS - int(rng.random() * spread * MAX_TOKENS)
+
+
 def window_tokens(turns: list[tuple[float, float | None, float, int]], w0: float, w1: float) -> float:
     """Output tokens inside [w0, w1]: each (sent, first, end, tokens) turn's
     tokens spread evenly over first..end."""
@@ -263,21 +280,30 @@ async def raw_sustained(engines: list[Any], builder: Any, params: Any, c: int, w
     sends through engine i mod their count, as the server's workers split
     sessions."""
     from vllm.inputs import tokens_input
+    from vllm.sampling_params import SamplingParams
 
     systems = [s for s, _ in session_texts(200_000 + c, c)]
     await asyncio.gather(*[engines[0].prefill(builder.prefix(s, [])) for s in systems])
     w0 = time.time() + SUSTAIN_WARM_S
     w1 = w0 + SUSTAIN_S
     turns: list[tuple[float, float | None, float, int]] = []
+    by_length: dict[int, Any] = {}  # max_tokens -> its SamplingParams
+
+    def params_for(n: int) -> Any:
+        if n not in by_length:  # built as prompt_tools builds ``params``, but for max_tokens
+            by_length[n] = SamplingParams(**{k: (0 if k == "top_k" else v) for k, v in SAMPLING.items()} | {"max_tokens": n},
+                                          logit_bias=params.logit_bias, output_kind=params.output_kind)  # fmt: skip
+        return by_length[n]
 
     async def session_loop(i: int, system: str) -> None:
         llm = engines[i % len(engines)].async_llm
         k = window * 10_000
         while time.time() < w1:
             ids = builder.render(system, [], sustained_turn_texts(i, k), MAX_TOKENS).token_ids
+            p = params_for(sustained_reply_tokens(i, k, REPLY_SPREAD))
             k += 1
             sent, first, n = time.time(), None, 0
-            async for out in llm.generate(tokens_input(list(ids)), params, uuid.uuid4().hex):
+            async for out in llm.generate(tokens_input(list(ids)), p, uuid.uuid4().hex):
                 got = len(out.outputs[0].token_ids)
                 if got and first is None:
                     first = time.time()
@@ -307,6 +333,9 @@ def summarize_windows(windows: list[Window], cpu_key: str = "frontend_cpu_cores"
         inside = [[(n, k) for at, n, k in steps if w0 <= at <= w1] for _t, w0, w1, _ in windows]
         out["windows_steps_per_s"] = [_r(len(st) / (w1 - w0)) for st, (_t, w0, w1, _c) in zip(inside, windows, strict=True)]
         out["windows_requests_per_step"] = [_r(statistics.mean(n for n, _ in st)) if st else None for st in inside]
+        # steps that admit (prefill) a request: more tokens than requests
+        out["windows_admitting_steps_per_s"] = [_r(sum(1 for n, k in st if k > n) / (w1 - w0))
+                                                for st, (_t, w0, w1, _c) in zip(inside, windows, strict=True)]  # fmt: skip
     return out
 
 
@@ -615,18 +644,18 @@ async def _ws_worker(url: str, pairs: list[tuple[str, str]], warm: bool, start_a
 Cycle = tuple[str, int, int, float, float, float]  # request id, session, window, sent (time.time), sent and done (perf_counter)
 
 
-def ws_sustain_worker(url: str, sessions: list[tuple[int, str]], w1: float,
-                      window: int) -> tuple[list[tuple[float, float | None, float, int]], float, list[Cycle]]:  # fmt: skip
+def ws_sustain_worker(url: str, sessions: list[tuple[int, str]], w1: float, window: int,
+                      spread: float) -> tuple[list[tuple[float, float | None, float, int]], float, list[Cycle]]:  # fmt: skip
     """One client process's share of a sustained window: its turns, the CPU
     seconds this client process spent (the benchmark's own load on the host),
     and each turn's ``Cycle`` (for ``cycle_split``)."""
     cpu0 = time.process_time()
     cycles: list[Cycle] = []
-    turns = asyncio.run(_ws_sustain_worker(url, sessions, w1, window, cycles))
+    turns = asyncio.run(_ws_sustain_worker(url, sessions, w1, window, spread, cycles))
     return turns, time.process_time() - cpu0, cycles
 
 
-async def _ws_sustain_worker(url: str, sessions: list[tuple[int, str]], w1: float, window: int,
+async def _ws_sustain_worker(url: str, sessions: list[tuple[int, str]], w1: float, window: int, spread: float,
                              cycles: list[Cycle]) -> list[tuple[float, float | None, float, int]]:  # fmt: skip
     from yap_core.wsclient import YapConnection
 
@@ -641,8 +670,9 @@ async def _ws_sustain_worker(url: str, sessions: list[tuple[int, str]], w1: floa
             k = window * 10_000
             while time.time() < w1:
                 sent = time.time()
+                sampling = dict(SAMPLING, max_tokens=sustained_reply_tokens(i, k, spread))
                 turn = await conn.turn("start", sid, {"chat_prompt": system, "user_utterance": sustained_turn_texts(i, k),
-                                                      "sampling": dict(SAMPLING)}, wait_s=120)  # fmt: skip
+                                                      "sampling": sampling}, wait_s=120)  # fmt: skip
                 k += 1
                 assert turn.end == "done", (turn.end, turn.error)
                 first = None if turn.first_token_s is None else sent + turn.first_token_s
@@ -710,7 +740,7 @@ async def ws_sustained(front: Front, pool: Any, c: int, window: int = 0, client_
     w0 = time.time() + SUSTAIN_WARM_S
     w1 = w0 + SUSTAIN_S
     cpu0 = front.cpu()
-    parts = await asyncio.gather(*[loop.run_in_executor(pool, ws_sustain_worker, front.ws_url, systems[i::procs], w1, window)
+    parts = await asyncio.gather(*[loop.run_in_executor(pool, ws_sustain_worker, front.ws_url, systems[i::procs], w1, window, REPLY_SPREAD)
                                    for i in range(procs)])  # fmt: skip
     wall = time.time() - w0 + SUSTAIN_WARM_S
     if client_cores is not None:
@@ -1048,6 +1078,9 @@ async def both_phase(args: argparse.Namespace) -> dict[str, Any]:
         method += f"; Python {sys.version.split()[0]}"
         if args.token_frame_ms:
             method += f"; TOKEN_FRAME_INTERVAL_MS={args.token_frame_ms:g} (a turn's token frames at most that often)"
+        if REPLY_SPREAD > 0:
+            method += (f"; sustained replies of {sustained_reply_tokens(0, 0, 0) - int(REPLY_SPREAD * MAX_TOKENS)}"
+                       f"-{MAX_TOKENS} tokens (--reply-spread {REPLY_SPREAD:g})")
         if engine_cpus:
             method += f"; the engine core alone on CPUs {sorted(engine_cpus)}"
         return {"method": method, "raw": raw_result, "ws": ws_result}
@@ -1165,14 +1198,16 @@ def window_lines(raw: dict[str, Any], ws: dict[str, Any]) -> list[str]:
                 order.append((side, seen[side]))
                 seen[side] += 1
         out += ["", f"Sustained c={c}, window by window (engine steps from the probe in the engine core):", "",
-                "| # | side | out tok/s | engine steps/s | requests per step | frontend CPU cores | client CPU cores |",
-                "|---|---|---|---|---|---|---|"]
+                "| # | side | out tok/s | engine steps/s | requests per step | steps admitting a request /s "
+                "| frontend CPU cores | client CPU cores |",
+                "|---|---|---|---|---|---|---|---|"]
         for k, (side, i) in enumerate(order):
             # None: a run without the step log, or from before the CPU columns
             steps, reqs = _nth(x[side].get("windows_steps_per_s"), i), _nth(x[side].get("windows_requests_per_step"), i)
             cpu = _nth(x[side].get("windows_server_main_cpu_cores" if side == "ws" else "windows_frontend_cpu_cores"), i)
             clients = _nth(x["ws"].get("windows_client_cpu_cores"), i) if side == "ws" else "-"
-            out.append(f"| {k + 1} | {side} | {rates[side][i]} | {steps} | {reqs} | {cpu} | {clients} |")
+            admits = _nth(x[side].get("windows_admitting_steps_per_s"), i)
+            out.append(f"| {k + 1} | {side} | {rates[side][i]} | {steps} | {reqs} | {admits} | {cpu} | {clients} |")
         # each side's tokens/s summed over its windows of one block
         sums = {side: [sum(rates[side][b * per_block[side]:(b + 1) * per_block[side]]) for b in range(n)] for side in x}
         out.append("")
@@ -1329,7 +1364,7 @@ def turns_table(logs: list[str]) -> str:
 
 
 def main() -> None:
-    global CONCURRENCY, ROUNDS, CLIENT_PROCS, SUSTAIN_C, SUSTAIN_S, SUSTAIN_WARM_S, SUSTAIN_BLOCKS
+    global CONCURRENCY, ROUNDS, CLIENT_PROCS, SUSTAIN_C, SUSTAIN_S, SUSTAIN_WARM_S, SUSTAIN_BLOCKS, REPLY_SPREAD
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("phase", choices=["raw", "ws", "both", "load", "report", "turns"])
     ap.add_argument("files", nargs="*", help="report: raw.json ws.json, or one both.json; turns: server logs")
@@ -1354,10 +1389,13 @@ def main() -> None:
                     help="ws: turns of the one-session cell (history growing; 0: none); run with c=1")
     ap.add_argument("--sustain-s", type=float, default=SUSTAIN_S, help="seconds of each sustained window")
     ap.add_argument("--blocks", type=int, default=SUSTAIN_BLOCKS, help="both: raw, ws, ws, raw blocks of sustained windows")
+    ap.add_argument("--reply-spread", type=float, default=REPLY_SPREAD,
+                    help="sustained: each turn's max_tokens drawn from [MAX_TOKENS * (1 - this), MAX_TOKENS], "
+                         "the same on both sides (0: all MAX_TOKENS); see sustained_reply_tokens")
     ap.add_argument("--load-procs", type=int, default=4, help="load: processes running in the loaded windows")
     ap.add_argument("--load-kind", choices=sorted(LOADS), default="spin", help="load: what those processes do (see LOADS)")
     args = ap.parse_args()
-    SUSTAIN_S, SUSTAIN_BLOCKS = args.sustain_s, args.blocks
+    SUSTAIN_S, SUSTAIN_BLOCKS, REPLY_SPREAD = args.sustain_s, args.blocks, args.reply_spread
     CONCURRENCY = tuple(int(c) for c in args.concurrency.split(",") if c)
     SUSTAIN_C = tuple(int(c) for c in args.sustain.split(",") if c)
     ROUNDS = {c: args.rounds_c1 if c == 1 else ROUNDS.get(c, 3) for c in CONCURRENCY}
