@@ -97,7 +97,8 @@ WORDS = (
 
 def engine_env(args: argparse.Namespace) -> dict[str, str]:
     """The settings both phases run with (the server reads them from its environment)."""
-    return {
+    graphs = {"CUDAGRAPH_MODE": args.cudagraph_mode} if getattr(args, "cudagraph_mode", None) else {}
+    return graphs | {
         "TEXT_API_KEY": API_KEY,
         "INFERENCE_ENGINE": "vllm",
         "DEPLOY_MODE": "chat",
@@ -1374,6 +1375,7 @@ def main() -> None:
     ap.add_argument("--quantization", default="none", help="CHAT_QUANTIZATION for both phases (none: bf16)")
     ap.add_argument("--gpu-frac", type=float, default=0.85)
     ap.add_argument("--stream-interval", type=int, default=1, help="STREAM_INTERVAL for both phases")
+    ap.add_argument("--cudagraph-mode", help="CUDAGRAPH_MODE for both phases (e.g. FULL; default: vLLM's)")
     ap.add_argument("--token-frame-ms", type=float, default=0.0,
                     help="TOKEN_FRAME_INTERVAL_MS for the WebSocket path (0: every piece at once)")
     ap.add_argument("--workers", type=int, default=1, help="ws phase: SERVER_WORKERS (server processes on one engine core)")

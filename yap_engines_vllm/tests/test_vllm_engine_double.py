@@ -9,6 +9,7 @@ import uuid
 import pytest
 from vllm_test_support import engine_config, make_vllm_engine, purge_vllm_modules
 from yap_core.contracts import Delta, Engine, GenerationRequest, Sampling
+from yap_core.settings import SettingsError
 
 
 def request(engine, text: str = "Tell me about the weather today, please.", **sampling) -> GenerationRequest:
@@ -229,6 +230,29 @@ async def test_settings_reach_the_engine_args(vllm_double, double_model_dir):
         assert counts == [1, 5, 9, 13], "one delta for the first token, then every 4 (and the last)"
     finally:
         await eng.close()
+
+
+async def test_cudagraph_mode_reaches_the_compilation_config(vllm_double, double_model_dir):
+    eng = make_vllm_engine(engine_config(double_model_dir, CUDAGRAPH_MODE="FULL"))
+    assert eng.engine_kwargs(None)["compilation_config"] == {"cudagraph_mode": "FULL"}
+    await eng.start()
+    try:
+        assert eng._llm.vllm_config.compilation_config.cudagraph_mode == "FULL"
+    finally:
+        await eng.close()
+    plain = make_vllm_engine(engine_config(double_model_dir))
+    assert "compilation_config" not in plain.engine_kwargs(None), "unset: vLLM's own default"
+
+
+def test_cudagraph_mode_with_enforce_eager_is_refused(vllm_double, double_model_dir):
+    # vLLM itself would quietly run no graphs at all
+    with pytest.raises(SettingsError, match="ENFORCE_EAGER"):
+        make_vllm_engine(engine_config(double_model_dir, CUDAGRAPH_MODE="FULL", ENFORCE_EAGER="1"))
+
+
+def test_unknown_cudagraph_mode_is_refused(vllm_double, double_model_dir):
+    with pytest.raises(SettingsError, match="(?i)cudagraph_mode"):
+        make_vllm_engine(engine_config(double_model_dir, CUDAGRAPH_MODE="SOMETIMES"))
 
 
 async def test_context_larger_than_the_model_is_refused_at_start(vllm_double, double_model_dir):

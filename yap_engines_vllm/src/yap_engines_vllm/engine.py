@@ -136,6 +136,8 @@ class VllmEngine:
             "disable_log_stats": False,
             "enable_log_requests": False,
         }
+        if s.cudagraph_mode is not None:
+            kwargs["compilation_config"] = {"cudagraph_mode": s.cudagraph_mode}
         # None means "vLLM's default": leave those out rather than pass None explicitly
         return {k: v for k, v in kwargs.items() if v is not None}
 

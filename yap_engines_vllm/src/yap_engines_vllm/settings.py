@@ -12,6 +12,8 @@ KvDtype = Literal["auto", "bfloat16", "float16", "fp8", "fp8_e4m3", "fp8_e5m2"]
 ModelDtype = Literal["auto", "bfloat16", "float16"]
 # load formats a deployment may ask for; "dummy" is random weights (benchmarks)
 LoadFormat = Literal["auto", "safetensors", "pt", "dummy"]
+# vLLM's CUDAGraphMode names (vllm/config/compilation.py, 0.25.1)
+CudagraphMode = Literal["NONE", "PIECEWISE", "FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE"]
 
 # GPU memory vLLM may claim when the classifier is not on the same GPU, and when it is.
 GPU_FRAC_CHAT_ONLY = 0.90
@@ -47,6 +49,14 @@ class VllmSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ] = 1
     kv_dtype: Annotated[KvDtype, doc("KV cache dtype, passed as vLLM's kv_cache_dtype (fp8 halves it).")] = "auto"
     enforce_eager: Annotated[bool, doc("Skip CUDA graphs and torch.compile (faster start, slower decode).")] = False
+    cudagraph_mode: Annotated[
+        CudagraphMode | None,
+        doc(
+            "vLLM's compilation_config.cudagraph_mode. FULL also captures steps that mix a new "
+            "request's prefill with decodes (FlashAttention 3 supports it); vLLM's default "
+            "FULL_AND_PIECEWISE runs those piecewise. Empty: vLLM's default."
+        ),
+    ] = None
     tensor_parallel_size: Annotated[int, doc("GPUs the chat model is split across.", ge=1)] = 1
     attention_backend: Annotated[
         str | None, doc("vLLM attention backend, e.g. FLASH_ATTN or FLASHINFER. Empty: vLLM chooses.")
@@ -97,6 +107,12 @@ def validate(settings: VllmSettings, core: CoreSettings) -> None:
         raise SettingsError(
             f"MAX_NUM_BATCHED_TOKENS={settings.max_num_batched_tokens} is below CHAT_MAX_LEN="
             f"{settings.chat_max_len} with ENABLE_CHUNKED_PREFILL off: a long prompt could never be scheduled"
+        )
+    if settings.cudagraph_mode is not None and settings.enforce_eager:
+        # vLLM would switch the graphs off without a word (ENFORCE_EAGER wins)
+        raise SettingsError(
+            f"CUDAGRAPH_MODE={settings.cudagraph_mode} with ENFORCE_EAGER=1: eager mode runs no CUDA "
+            "graphs; set one or the other"
         )
     if core.chat_model and core.chat_model.endswith(".gguf"):
         # Seen on the H100 with vLLM 0.25.1: its start-up reads a local .gguf path

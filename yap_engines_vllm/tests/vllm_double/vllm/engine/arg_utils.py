@@ -17,6 +17,7 @@ QUANTIZATION_METHODS = ("awq", "auto_awq", "fp8", "fbgemm_fp8", "fp_quant", "mod
                         "torchao", "inc", "mxfp4", "gpt_oss_mxfp4", "deepseek_v4_fp8", "online",
                         "fp8_per_tensor", "fp8_per_block", "fp8_per_channel", "int8_per_channel_weight_only",
                         "mxfp8", "gguf")  # fmt: skip
+CUDAGRAPH_MODES = ("NONE", "PIECEWISE", "FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE")  # CUDAGraphMode
 ATTENTION_BACKENDS = ("FLASH_ATTN", "FLASH_ATTN_DIFFKV", "TRITON_ATTN", "TRITON_ATTN_DIFFKV", "ROCM_ATTN",
                       "TORCH_SDPA", "FLASHINFER", "FLASHINFER_MLA", "FLEX_ATTENTION", "CPU_ATTN")  # fmt: skip
 
@@ -41,6 +42,8 @@ class EngineArgs:
     enable_chunked_prefill: bool | None = None
     attention_backend: str | None = None
     stream_interval: int = 1
+    # vLLM takes a CompilationConfig or a dict of its fields; the double knows cudagraph_mode only
+    compilation_config: Any = None
     # Set by vLLM's API server processes (and Yap's SERVER_WORKERS): how many
     # front-end processes share the engine core, and which one this is
     # (-1: the process that launches the engine core).
@@ -60,6 +63,7 @@ class EngineArgs:
             raise ValueError(f"GPU memory utilization must be within (0, 1]. Got {self.gpu_memory_utilization}.")
         if self.stream_interval < 1:
             raise ValueError(f"stream_interval must be >= 1, got {self.stream_interval}")
+        cudagraph_mode = self._cudagraph_mode()
         if self._api_process_count < 1 or not -1 <= self._api_process_rank < self._api_process_count:
             raise ValueError(  # ParallelConfig's own check
                 "Invalid value of `_api_process_rank`. "
@@ -97,7 +101,22 @@ class EngineArgs:
                                             _api_process_rank=self._api_process_rank),
             load_config=SimpleNamespace(load_format=self.load_format),
             attention_config=SimpleNamespace(backend=self.attention_backend),
+            compilation_config=SimpleNamespace(cudagraph_mode=cudagraph_mode),
         )  # fmt: skip
+
+    def _cudagraph_mode(self) -> str:
+        """As VllmConfig resolves it: a name parsed like CUDAGraphMode[name.upper()],
+        FULL_AND_PIECEWISE by default, NONE whenever enforce_eager is set."""
+        given = dict(self.compilation_config or {})
+        unknown = set(given) - {"cudagraph_mode"}
+        if unknown:
+            raise TypeError(f"the vLLM double's CompilationConfig has no field(s) {sorted(unknown)}")
+        name = given.get("cudagraph_mode")
+        if name is not None and str(name).upper() not in CUDAGRAPH_MODES:
+            raise KeyError(name)  # CUDAGraphMode[...] in the real validator
+        if self.enforce_eager:
+            return "NONE"
+        return "FULL_AND_PIECEWISE" if name is None else str(name).upper()
 
 
 @dataclass
