@@ -1080,7 +1080,7 @@ async def both_phase(args: argparse.Namespace) -> dict[str, Any]:
         if args.token_frame_ms:
             method += f"; TOKEN_FRAME_INTERVAL_MS={args.token_frame_ms:g} (a turn's token frames at most that often)"
         if REPLY_SPREAD > 0:
-            method += (f"; sustained replies of {sustained_reply_tokens(0, 0, 0) - int(REPLY_SPREAD * MAX_TOKENS)}"
+            method += (f"; sustained replies of {MAX_TOKENS - int(REPLY_SPREAD * MAX_TOKENS)}"
                        f"-{MAX_TOKENS} tokens (--reply-spread {REPLY_SPREAD:g})")
         if engine_cpus:
             method += f"; the engine core alone on CPUs {sorted(engine_cpus)}"

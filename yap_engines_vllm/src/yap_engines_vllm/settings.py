@@ -109,7 +109,7 @@ def validate(settings: VllmSettings, core: CoreSettings) -> None:
             f"{settings.chat_max_len} with ENABLE_CHUNKED_PREFILL off: a long prompt could never be scheduled"
         )
     if settings.cudagraph_mode is not None and settings.enforce_eager:
-        # vLLM would switch the graphs off without a word (ENFORCE_EAGER wins)
+        # vLLM would let ENFORCE_EAGER win, with no more than a log line
         raise SettingsError(
             f"CUDAGRAPH_MODE={settings.cudagraph_mode} with ENFORCE_EAGER=1: eager mode runs no CUDA "
             "graphs; set one or the other"
