@@ -1,5 +1,8 @@
 """``yap quantize --engine vllm --format awq|w4a16``: 4-bit weight checkpoints
-for vLLM, built by llmcompressor (the optional extra ``yap-engines-vllm[quantize]``).
+for vLLM, built by llmcompressor in an environment of its own: llmcompressor
+and vLLM pin different compressed-tensors releases, so pip will not install
+them together (see ``INSTALL``). The checkpoints still load in vLLM: its
+compressed-tensors reads what llmcompressor's wrote (W4A16 on the H100, run 13).
 
 Both formats write compressed-tensors checkpoints that vLLM loads by their
 ``quantization_config``: ``awq`` runs AWQ's activation-aware scaling then
@@ -28,6 +31,11 @@ from yap_core.contracts import BuildResult, CalibrationConfig, Progress
 from yap_engines_vllm.quant import declared_quantization
 
 METADATA_FILE = "yap-quant.json"
+# How to get llmcompressor: vLLM is not needed to build, only to serve.
+INSTALL = (
+    "pip install yap-core 'llmcompressor>=0.14' && pip install --no-deps yap-engines-vllm, "
+    "in a virtual environment without vLLM (each pins its own compressed-tensors release; docs/vllm.md)"
+)
 # format -> llmcompressor scheme; 4-bit weight kernels (Marlin) exist from SM 8.0 (Ampere)
 _SCHEMES = {"awq": "W4A16_ASYM", "w4a16": "W4A16"}
 _MIN_SM = (8, 0)
@@ -87,9 +95,7 @@ class LlmCompressorQuantizer:
             from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
             from llmcompressor.modifiers.transform import AWQModifier
         except ImportError as exc:
-            raise RuntimeError(
-                "llmcompressor is not installed: pip install 'yap-engines-vllm[quantize]'"
-            ) from exc
+            raise RuntimeError(f"llmcompressor is not installed: {INSTALL}") from exc
         from datasets import Dataset
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
