@@ -10,6 +10,7 @@ import pytest
 from vllm_test_support import engine_config, make_vllm_engine, purge_vllm_modules
 from yap_core.contracts import Delta, Engine, GenerationRequest, Sampling
 from yap_core.settings import SettingsError
+from yap_engines_vllm.engine import untested_version
 
 
 def request(engine, text: str = "Tell me about the weather today, please.", **sampling) -> GenerationRequest:
@@ -201,6 +202,27 @@ async def test_plugin_loading_does_not_import_vllm(vllm_double, double_model_dir
     assert "vllm" not in sys.modules, "the factory must not import vllm; start() does"
     with pytest.raises(RuntimeError, match="not started"):
         _ = eng.tokenizer
+
+
+async def test_a_vllm_release_the_plugin_never_ran_on_is_named_at_start(vllm_double, double_model_dir, caplog):
+    """``vllm>=0.25.1`` lets pip install a newer release than the plugin ran on:
+    start says so, once, as a warning; the tested release (any local part) says nothing."""
+    assert untested_version("0.25.1") is None and untested_version("0.25.1+cu130") is None
+    import vllm
+
+    tested = vllm.__version__
+    vllm.__version__ = "0.34.0"  # what pip took for vllm>=0.25.1 on 2026-12-05
+    eng = make_vllm_engine(engine_config(double_model_dir))
+    try:
+        with caplog.at_level("WARNING", logger="yap_engines_vllm.engine"):
+            await eng.start()
+    finally:
+        vllm.__version__ = tested
+        await eng.close()
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == ["vllm 0.34.0: this plugin was tested with vLLM 0.25.1 only; "
+                      "for the tested release: pip install 'vllm==0.25.1' (docs/vllm.md)"]  # fmt: skip
+    assert eng.version == "0.34.0"
 
 
 async def test_settings_reach_the_engine_args(vllm_double, double_model_dir):

@@ -57,6 +57,9 @@ _FINISH: dict[str, FinishReason] = {
 # The start-up request: sampled (not greedy), so the first real turn does not
 # pay for compiling vLLM's sampling kernels.
 _WARMUP = Sampling(temperature=0.7, top_p=0.9, top_k=50, repetition_penalty=1.1, max_tokens=8, seed=0)
+# The vLLM releases this plugin has run on, on a GPU (docs/gpu-results.md).
+TESTED_VLLM = ("0.25.1",)
+
 # Distinct samplings whose SamplingParams are kept (see VllmEngine._params); a
 # handful in practice: the server default, and the few a client overrides.
 _PARAMS_CACHE_MAX = 256
@@ -208,6 +211,9 @@ class VllmEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.version = vllm.__version__
+        untested = untested_version(self.version)
+        if untested:
+            log.warning("%s", untested)
         self._SamplingParams, self._tokens_input = SamplingParams, tokens_input
         self._DELTA, self._FINAL_ONLY = RequestOutputKind.DELTA, RequestOutputKind.FINAL_ONLY
         kwargs = self._kwargs_for_this_gpu()
@@ -388,6 +394,21 @@ class VllmShare:
                 self._launch.__exit__(RuntimeError, RuntimeError("closed before ready"), None)
         if self._manager is not None:
             self._manager.shutdown()
+
+
+def untested_version(version: str) -> str | None:
+    """A line to say at start when this vLLM release is not one the plugin ran
+    on. ``vllm>=0.25.1`` lets pip take the newest release (0.34.0 on
+    2026-12-05), whose API this plugin was never run against: when it then
+    fails, that line names the likely cause. A local part (``+cu130``) is
+    the same release."""
+    release = version.split("+", 1)[0]
+    if release in TESTED_VLLM:
+        return None
+    return (
+        f"vllm {version}: this plugin was tested with vLLM {', '.join(TESTED_VLLM)} only; "
+        f"for the tested release: pip install 'vllm=={TESTED_VLLM[-1]}' (docs/vllm.md)"
+    )
 
 
 def _installed_vllm_version() -> str:
