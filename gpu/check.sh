@@ -30,9 +30,20 @@ export PYTHONPATH="$SITE" PATH="$SITE/bin:$PATH" PYTHONUNBUFFERED=1 \
 MODEL="$WH/models/llama-1b"                         # Llama-3.2-1B shape, random weights
 GGUF="$XTRA/SmolLM2-135M-Instruct.Q4_1.gguf"       # real text
 T0=$(date +%s)
-step="${1:?step: recv DIR | setup | smoke | engine [TAG] | conformance | protocol | bench | bench_si4 | classifier | extras | quant}"
+step="${1:?step: recv DIR | setup | smoke | engine [TAG] | conformance | protocol | bench | bench_si4 | classifier | extras | quant | awq}"
 shift
 log() { echo "[check $step +$(( $(date +%s) - T0 ))s] $*"; }
+
+# A `yap quantize` checkpoint DIR, loaded by the vLLM engine plugin: what it
+# detected, the kernel vLLM chose, greedy text, abort, prefill (engine_smoke.py).
+smoke_quantized() {
+  local d="$1" name rc; name=$(basename "$1"); log "quantized checkpoint $name on vLLM"
+  cp "$d/yap-quant.json" "$OUT/$name.yap-quant.json"
+  python3 gpu/engine_smoke.py --model "$d" --skip-server --out "$OUT/quant_$name.json" > "$OUT/quant_$name.log" 2>&1
+  rc=$?; grep -aiE "quantiz|marlin|kernel|Error|Traceback" "$OUT/quant_$name.log" | cut -c1-300 | tail -15
+  python3 -c "import json,sys;d=json.load(open(sys.argv[1]));print({k:d.get(k) for k in ('quantization','engine_start_s','greedy_text','greedy_deterministic','abort','prefill')})" "$OUT/quant_$name.json"
+  return $rc
+}
 
 case "$step" in
 recv)
@@ -186,15 +197,32 @@ quant)
   rc=4  # stays 4 if no checkpoint with a yap-quant.json arrived
   for d in "$XTRA"/*/; do
     [ -f "$d/yap-quant.json" ] || continue
-    name=$(basename "$d"); log "quantized checkpoint $name on vLLM"
-    cp "$d/yap-quant.json" "$OUT/$name.yap-quant.json"
-    if python3 gpu/engine_smoke.py --model "$d" --skip-server --out "$OUT/quant_$name.json" > "$OUT/quant_$name.log" 2>&1; then
-      [ "$rc" = 4 ] && rc=0
-    else rc=1; fi
-    grep -aiE "quantiz|marlin|kernel|Error|Traceback" "$OUT/quant_$name.log" | cut -c1-300 | tail -15
-    python3 -c "import json,sys;d=json.load(open(sys.argv[1]));print({k:d.get(k) for k in ('quantization','engine_start_s','greedy_text','greedy_deterministic','abort','prefill')})" "$OUT/quant_$name.json"
+    if smoke_quantized "${d%/}"; then [ "$rc" = 4 ] && rc=0; else rc=1; fi
   done
   exit $rc;;
+awq)
+  # llmcompressor's AWQ on the GPU it wants (on the CPU it ran only with page-locked
+  # memory patched out), built in an environment without vLLM as docs/vllm.md tells
+  # users (the two pin different compressed-tensors releases): a venv over the
+  # image's own packages, with what .wh/a1 carries (gpu/pack.sh --awq-kit) and the
+  # project's wheels. Then the vLLM plugin loads it, as `quant` does a carried one.
+  # After `setup`: bash gpu/check.sh recv .wh/a1 && ENFORCE_EAGER=1 bash gpu/check.sh awq
+  Q=/tmp/qenv; SRC=/tmp/awq-src; DST="$XTRA/llama1b-${AWQ_LAYERS:-4}l-awq"
+  [ -d "$WH/qkit" ] || { echo "the llmcompressor kit was not carried (gpu/pack.sh --awq-kit makes .wh/a1)"; exit 4; }
+  log "yap quantize --format awq: a random-weight 1B-wide model of ${AWQ_LAYERS:-4} layers"
+  ( unset PYTHONPATH  # not the vLLM kit's site: its compressed-tensors is 0.17.0
+    python3 -m venv --system-site-packages --without-pip "$Q" &&
+    "$Q/bin/python" -m pip install -q --no-index --find-links "$WH/qkit" "llmcompressor==0.14.0.1" msgspec &&
+    "$Q/bin/python" -m pip install -q --no-deps --no-index "$WH"/proj/yap_core-*.whl "$WH"/proj/yap_engines_vllm-*.whl &&
+    "$Q/bin/python" -m pip list 2>/dev/null | grep -iE '^(torch|transformers|llmcompressor|compressed-tensors|datasets|pyarrow|huggingface-hub|yap-core|yap-engines-vllm) ' &&
+    "$Q/bin/python" gpu/make_float_model.py "$MODEL" "$SRC" --layers "${AWQ_LAYERS:-4}" &&
+    "$Q/bin/yap" quantize --engine vllm --format awq --out "$DST" --calib-data yap_core/src/yap_core/data/tool_turns.jsonl \
+      --calib-samples 32 --calib-seq-len 128 "$SRC"
+  ) > "$OUT/awq_build.log" 2>&1
+  rc=$?; grep -aiE "error|Traceback|wrote|group size|parameters|^(torch|transformers|llmcompressor|compressed|datasets|pyarrow|huggingface|yap)" \
+    "$OUT/awq_build.log" | cut -c1-300 | tail -20
+  [ "$rc" = 0 ] || exit 1
+  smoke_quantized "$DST"; exit $?;;
 engine)
   # The engine part of the smoke alone (no server), under the engine settings in the
   # environment, e.g. `KV_DTYPE=fp8 ENFORCE_EAGER=1 bash gpu/check.sh engine kv-fp8`:

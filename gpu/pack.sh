@@ -7,9 +7,25 @@
 #                  pieces of one tar (each carried path set stays under 64 MiB)
 #   .wh/q1..qN     with --quant DIR: only that checkpoint (a `yap quantize` output),
 #                  as pieces of one tar, for `gpu/check.sh quant`
-# Usage: bash gpu/pack.sh [--no-extras] | bash gpu/pack.sh --quant DIR
+#   .wh/a1         with --awq-kit: llmcompressor and what it needs that the GPU image
+#                  lacks, as wheels (qkit/), for `gpu/check.sh awq`
+# Usage: bash gpu/pack.sh [--no-extras] | bash gpu/pack.sh --quant DIR | bash gpu/pack.sh --awq-kit
 set -euo pipefail
 PY=.venv/bin/python
+if [ "${1:-}" = "--awq-kit" ]; then
+  # Installed there into a venv over the image's own packages (torch 2.11,
+  # transformers 5.17, accelerate, pandas, ...): pip takes from here only what
+  # is missing or too old. Not the vLLM kit's site: it pins compressed-tensors
+  # 0.17.0, llmcompressor 0.14 wants 0.19.0 (docs/vllm.md).
+  rm -rf .wh/a1 && mkdir -p .wh/a1/qkit
+  $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+      -d .wh/a1/qkit "llmcompressor==0.14.0.1" "compressed-tensors==0.19.0" "auto-round==0.15.1" \
+      "datasets==4.8.4" "multiprocess==0.70.19" "dill==0.4.1" "pyarrow==24.0.0" "huggingface-hub==1.31.0" \
+      "fsspec==2026.2.0" "loguru==0.7.3" "msgspec==0.23.0" "pydantic==2.14.4" "pydantic-core==2.50.5" \
+      "annotated-types==0.8.0" "typing-inspection==0.4.5" "py-cpuinfo==9.0.0" "xxhash==3.6.0"
+  du -sh .wh/a1; exit 0
+fi
 if [ "${1:-}" = "--quant" ]; then
   src="${2:?--quant DIR: a checkpoint directory}"
   rm -rf .wh/q[0-9]* /tmp/yap-quant.tar.part-*
