@@ -179,3 +179,38 @@ def test_hf_engine_bad_model_path_fails_before_loading(tmp_path: Path) -> None:
         factory(Config(env={"HF_DTYPE": "float64"}))
     with pytest.raises(SettingsError, match="HF_MAX_BATCH"):
         factory(Config(env={"HF_MAX_BATCH": "0"}))
+
+
+# Pins of the GPU stacks the engine distributions install beside, read from their
+# own metadata (2026-12-05): tensorrt-llm 1.2.x's requirements.txt asks for
+# nvidia-modelopt[torch]~=0.37.0; every vLLM from 0.25.1 to 0.34.0 for
+# compressed-tensors==0.17.0, which no llmcompressor since 0.12 accepts.
+TENSORRT_LLM_MODELOPT = "~=0.37.0"
+
+
+def _requires(dist: str) -> list[str]:
+    import importlib.metadata
+
+    return importlib.metadata.requires(dist) or []
+
+
+def test_the_trt_plugin_accepts_the_modelopt_tensorrt_llm_installs() -> None:
+    """A floor above tensorrt-llm's pin made `pip install yap-engines-trt`
+    impossible (it asked for >=0.47); CI builds with that very release."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+
+    ours = next(Requirement(r) for r in _requires("yap-engines-trt") if Requirement(r).name == "nvidia-modelopt")
+    assert ours.specifier.contains("0.37.0"), ours
+    assert SpecifierSet(TENSORRT_LLM_MODELOPT).contains(importlib.metadata.version("nvidia-modelopt"))
+
+
+def test_the_vllm_plugin_does_not_ask_for_llmcompressor_beside_vllm() -> None:
+    """No requirement of yap-engines-vllm, extra or not, names llmcompressor:
+    pip could not install it beside vLLM (docs/vllm.md says where it goes)."""
+    from packaging.requirements import Requirement
+
+    names = {Requirement(r).name for r in _requires("yap-engines-vllm")}
+    assert "vllm" in names and "llmcompressor" not in names, names
