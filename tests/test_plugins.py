@@ -182,8 +182,8 @@ def test_hf_engine_bad_model_path_fails_before_loading(tmp_path: Path) -> None:
 
 
 # Pins of the GPU stacks the engine distributions install beside, read from their
-# own metadata (2026-12-05): tensorrt-llm 1.2.x's requirements.txt asks for
-# nvidia-modelopt[torch]~=0.37.0; every vLLM from 0.25.1 to 0.34.0 for
+# own metadata (2026-12-05): tensorrt-llm's requirements.txt asks for
+# nvidia-modelopt[torch]~=0.37.0 (after 1.2.0rc2); every vLLM from 0.25.1 to 0.34.0 for
 # compressed-tensors==0.17.0, which no llmcompressor since 0.12 accepts.
 TENSORRT_LLM_MODELOPT = "~=0.37.0"
 
