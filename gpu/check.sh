@@ -211,10 +211,15 @@ awq)
   [ -d "$WH/qkit" ] || { echo "the llmcompressor kit was not carried (gpu/pack.sh --awq-kit makes .wh/a1)"; exit 4; }
   log "yap quantize --format awq: a random-weight 1B-wide model of ${AWQ_LAYERS:-4} layers"
   ( unset PYTHONPATH  # not the vLLM kit's site: its compressed-tensors is 0.17.0
-    python3 -m venv --system-site-packages --without-pip "$Q" &&
+    # A venv that sees the image's packages (torch, transformers, pip) after its own,
+    # through a .pth of python3's site directories: --system-site-packages would
+    # miss them if python3 is itself a venv.
+    python3 -m venv --without-pip "$Q" &&
+    python3 -c "import sys; print('\n'.join(p for p in sys.path if p.endswith('-packages')))" \
+      > "$("$Q/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/image.pth" &&
     "$Q/bin/python" -m pip install -q --no-index --find-links "$WH/qkit" "llmcompressor==0.14.0.1" msgspec &&
     "$Q/bin/python" -m pip install -q --no-deps --no-index "$WH"/proj/yap_core-*.whl "$WH"/proj/yap_engines_vllm-*.whl &&
-    "$Q/bin/python" -m pip list 2>/dev/null | grep -iE '^(torch|transformers|llmcompressor|compressed-tensors|datasets|pyarrow|huggingface-hub|yap-core|yap-engines-vllm) ' &&
+    { "$Q/bin/python" -m pip list 2>/dev/null | grep -iE '^(torch|transformers|llmcompressor|compressed-tensors|datasets|pyarrow|huggingface-hub|yap-core|yap-engines-vllm) '; true; } &&
     "$Q/bin/python" gpu/make_float_model.py "$MODEL" "$SRC" --layers "${AWQ_LAYERS:-4}" &&
     "$Q/bin/yap" quantize --engine vllm --format awq --out "$DST" --calib-data yap_core/src/yap_core/data/tool_turns.jsonl \
       --calib-samples 32 --calib-seq-len 128 "$SRC"
