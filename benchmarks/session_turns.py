@@ -7,8 +7,9 @@ The session opens with a ~600-token system prompt and a history of earlier
 turns (prefilled: `start` without an utterance), then sends `message` turns,
 each after a pause (the user speaking; the client keeps its event loop busy
 meanwhile, as a voice app's is). From the server's TURN_TIMING_LOG lines it
-prints, per turn at p50 / p90: the render on the turn's path, the time from
-the frame's arrival to the engine call, the engine's own time to first text,
+prints, per turn at p50 / p90: the time from the frame's arrival until the
+turn's task runs, the render on the turn's path, the time from the frame's
+arrival to the engine call, the engine's own time to first text,
 the two socket hops, and what the server and the sockets added (the client's
 TTFT minus the engine's own). The first turns (--skip) are not counted.
 With --stateless the client keeps the conversation itself, as some
@@ -66,7 +67,7 @@ async def session(args: argparse.Namespace) -> tuple[list[Any], Path]:
     await server.start(seconds=300)
     spinner = asyncio.create_task(spin())
     rng = random.Random(3)
-    system = "You are a friendly voice assistant. " + " ".join(rng.choice(WORDS) for _ in range(500)) + "."
+    system = "You are a friendly voice assistant. " + " ".join(rng.choice(WORDS) for _ in range(args.system_words)) + "."
     history: list[dict[str, str]] = []
     for _ in range(args.history_turns):
         history.append({"role": "user", "content": "Tell me about " + " ".join(rng.choice(WORDS) for _ in range(20)) + "?"})
@@ -108,10 +109,11 @@ async def session(args: argparse.Namespace) -> tuple[list[Any], Path]:
 def report(args: argparse.Namespace, turns: list[Any], log: Path) -> None:
     records = timing_records(log.read_text(errors="replace"))
     log.unlink(missing_ok=True)
-    cols: dict[str, list[float]] = {k: [] for k in ("render", "before engine", "engine", "hop in", "hop out", "added")}
+    cols: dict[str, list[float]] = {k: [] for k in ("task", "render", "before engine", "engine", "hop in", "hop out", "added")}
     for t in turns[args.skip:]:
         rec = records[t.request_id]
         client_ms = t.first_token_s * 1e3
+        cols["task"].append(rec["task_ms"])
         cols["render"].append(rec["render_call_ms"])
         cols["before engine"].append(rec["submit_ms"])
         cols["engine"].append(rec["engine_first_ms"])
@@ -133,6 +135,9 @@ def main() -> None:
     ap.add_argument("--engine", default="hf", help="INFERENCE_ENGINE of the server")
     ap.add_argument("--turns", type=int, default=30)
     ap.add_argument("--history-turns", type=int, default=10, help="turns of history sent with the session's start")
+    ap.add_argument("--system-words", type=int, default=500,
+                    help="words of the system prompt (~600 tokens for hf; the scripted engine's byte tokenizer "
+                         "takes at most ~200 words and --history-turns 2 within CHAT_MAX_LEN)")
     ap.add_argument("--max-tokens", type=int, default=40, help="reply length; each reply joins the history")
     ap.add_argument("--pause-ms", type=float, default=300.0, help="before each turn")
     ap.add_argument("--skip", type=int, default=5, help="first turns not counted")
