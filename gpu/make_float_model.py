@@ -32,7 +32,7 @@ def main() -> None:
         config.num_hidden_layers = args.layers
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(args.out)
     for f in args.config_dir.iterdir():
         if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):

@@ -3,6 +3,7 @@ errors for unknown engines, and only the selected engine being imported."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -10,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from yap_core.plugins import PluginError, PluginHost, installed_plugins
 from yap_core.settings import Config, SettingsError
 
@@ -189,19 +192,12 @@ TENSORRT_LLM_MODELOPT = "~=0.37.0"
 
 
 def _requires(dist: str) -> list[str]:
-    import importlib.metadata
-
     return importlib.metadata.requires(dist) or []
 
 
 def test_the_trt_plugin_accepts_the_modelopt_tensorrt_llm_installs() -> None:
     """A floor above tensorrt-llm's pin made `pip install yap-engines-trt`
     impossible (it asked for >=0.47); CI builds with that very release."""
-    import importlib.metadata
-
-    from packaging.requirements import Requirement
-    from packaging.specifiers import SpecifierSet
-
     ours = next(Requirement(r) for r in _requires("yap-engines-trt") if Requirement(r).name == "nvidia-modelopt")
     assert ours.specifier.contains("0.37.0"), ours
     assert SpecifierSet(TENSORRT_LLM_MODELOPT).contains(importlib.metadata.version("nvidia-modelopt"))
@@ -210,7 +206,5 @@ def test_the_trt_plugin_accepts_the_modelopt_tensorrt_llm_installs() -> None:
 def test_the_vllm_plugin_does_not_ask_for_llmcompressor_beside_vllm() -> None:
     """No requirement of yap-engines-vllm, extra or not, names llmcompressor:
     pip could not install it beside vLLM (docs/vllm.md says where it goes)."""
-    from packaging.requirements import Requirement
-
     names = {Requirement(r).name for r in _requires("yap-engines-vllm")}
     assert "vllm" in names and "llmcompressor" not in names, names
