@@ -36,10 +36,11 @@ def test_cycle_split_pairs_a_turn_with_its_sessions_next_in_the_same_window() ->
         "d": {"received_at": 30.0, "total_ms": 100.0, "submit_ms": 0.2},
     }
     cycles = [
-        ("a", 0, 1, 0.0, 9.999, 10.102),  # done at the client 2 ms after the server queued it
-        ("b", 0, 2, 0.0, 19.999, 20.102),
-        ("c", 0, 2, 0.0, 20.1031, 20.3),  # sent 1.1 ms after b's done arrived; in the app 7 ms later
-        ("d", 1, 2, 0.0, 29.999, 30.2),  # another session: never paired with session 0's turns
+        ("a", 0, 1, 0.0, 9.999, 10.102, 0.05),  # done at the client 2 ms after the server queued it
+        ("b", 0, 2, 0.0, 19.999, 20.102, None),
+        # sent 1.1 ms after b's done arrived; in the app 7 ms later; its first token 6.2 ms after vLLM's 5.0
+        ("c", 0, 2, 0.0, 20.1031, 20.3, 0.0112),
+        ("d", 1, 2, 0.0, 29.999, 30.2, 0.02),  # another session: never paired with session 0's turns
     ]
     split = vllm_bench.cycle_split(cycles, logged)
     assert split["n"] == 1, "a -> b crosses windows; d has no next turn"
@@ -49,6 +50,8 @@ def test_cycle_split_pairs_a_turn_with_its_sessions_next_in_the_same_window() ->
     assert split["submit_ms_p50"] == pytest.approx(0.3)
     assert split["between_ms_p50"] == pytest.approx(2.0 + 1.1 + 7.0 + 0.3, abs=1e-6)
     assert split["engine_first_ms_p50"] == pytest.approx(5.0)
+    # only c has both the client's first token and vLLM's; a and d lack engine_first_ms, b had no token
+    assert split["added_ms_p50"] == split["added_ms_p90"] == pytest.approx(11.2 - 5.0)
 
 
 def test_sustained_window_against_a_real_server_with_spread_replies(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,3 +86,6 @@ def test_sustained_window_against_a_real_server_with_spread_replies(monkeypatch:
     for key in ("done_hop_ms", "client_gap_ms", "hop_in_ms", "submit_ms"):
         assert split[f"{key}_p50"] >= 0, (key, split)
     assert split["between_ms_p50"] >= split["hop_in_ms_p50"]
+    # the server's part of TTFT: positive (two socket hops at least), and less than the client's whole TTFT
+    ttfts = sorted(x[6] * 1e3 for x in cycles if x[6] is not None)
+    assert 0 < split["added_ms_p50"] < ttfts[len(ttfts) // 2], (split, ttfts[len(ttfts) // 2])
