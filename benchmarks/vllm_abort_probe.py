@@ -14,7 +14,10 @@ folder is on the engine core's ``PYTHONPATH``.
 It also keeps a line per scheduler step in ``<that file>.steps`` (wall-clock
 time, requests and tokens scheduled), so that a sustained window can be read
 as steps per second times requests per step: a slower engine, or one the
-front end keeps less busy.
+front end keeps less busy. And a line per request in ``<that file>.firsts``
+when the engine core hands its first token to the output thread (id,
+monotonic clock), so that a client's wait for the first token splits into the
+engine core's part and the client process's hand-on (``vllm_bench.first_split``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ PROBE_ENV = "YAP_ABORT_PROBE_FILE"  # vllm_bench.py sets it (and reads the file:
 
 class AbortProbeScheduler(AsyncScheduler):
     _steps: list[str] | None = None
+    _firsts: list[str] | None = None
+    _streaming: set[str] | None = None  # requests whose first token went out, until they finish
     _flushed = 0.0
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
@@ -39,15 +44,39 @@ class AbortProbeScheduler(AsyncScheduler):
         path = os.environ.get(PROBE_ENV)
         if path and out.num_scheduled_tokens:
             if self._steps is None:
-                self._steps = []
+                self._steps, self._firsts = [], []
             now = time.time()
             self._steps.append(f"{now:.6f} {len(out.num_scheduled_tokens)} {out.total_num_scheduled_tokens}\n")
             if now - self._flushed >= 0.2:  # a window's turns run past its end: its steps reach the file
-                with open(path + ".steps", "a") as f:
-                    f.writelines(self._steps)
-                self._steps.clear()
+                self._flush(path)
                 self._flushed = now
         return out
+
+    def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
+        # dict[client index, EngineCoreOutputs]: the engine core sends these to the clients next
+        outputs = super().update_from_output(scheduler_output, model_runner_output)
+        if self._firsts is None:  # no probe file (see schedule)
+            return outputs
+        now = time.perf_counter()
+        streaming = self._streaming if self._streaming is not None else set()
+        self._streaming = streaming
+        for batch in outputs.values():
+            for o in batch.outputs:
+                if o.new_token_ids and o.request_id not in streaming:
+                    streaming.add(o.request_id)
+                    self._firsts.append(f"{o.request_id} {now:.6f}\n")
+                if o.finish_reason is not None:
+                    streaming.discard(o.request_id)
+        return outputs
+
+    def _flush(self, path: str) -> None:
+        with open(path + ".steps", "a") as f:
+            f.writelines(self._steps or ())
+        with open(path + ".firsts", "a") as f:
+            f.writelines(self._firsts or ())
+        for buffered in (self._steps, self._firsts):
+            if buffered is not None:
+                buffered.clear()
 
     def finish_requests(self, request_ids: str | Iterable[str] | None, finished_status: RequestStatus) -> Any:
         if finished_status != RequestStatus.FINISHED_ABORTED or request_ids is None:

@@ -274,12 +274,13 @@ async def raw_phase(args: argparse.Namespace) -> dict[str, Any]:
 Window = tuple[list[tuple[float, float | None, float, int]], float, float, float]  # turns, w0, w1, CPU cores
 
 
-async def raw_sustained(engines: list[Any], builder: Any, params: Any, c: int, window: int = 0) -> Window:
+async def raw_sustained(engines: list[Any], builder: Any, params: Any, c: int, window: int = 0,
+                        calls: list[FirstCall] | None = None) -> Window:  # fmt: skip
     """One sustained window on raw AsyncLLM: c sessions (prefix prefilled) run
     turns back to back; ``window`` picks utterances no earlier window used.
     With several engines (AsyncLLM clients of one engine core), session i
     sends through engine i mod their count, as the server's workers split
-    sessions."""
+    sessions. ``calls`` gets a ``FirstCall`` for each turn sent in the window."""
     from vllm.inputs import tokens_input
     from vllm.sampling_params import SamplingParams
 
@@ -303,13 +304,15 @@ async def raw_sustained(engines: list[Any], builder: Any, params: Any, c: int, w
             ids = builder.render(system, [], sustained_turn_texts(i, k), MAX_TOKENS).token_ids
             p = params_for(sustained_reply_tokens(i, k, REPLY_SPREAD))
             k += 1
-            sent, first, n = time.time(), None, 0
-            async for out in llm.generate(tokens_input(list(ids)), p, uuid.uuid4().hex):
+            rid, sent, called, first, seen, n = uuid.uuid4().hex, time.time(), time.perf_counter(), None, None, 0
+            async for out in llm.generate(tokens_input(list(ids)), p, rid):
                 got = len(out.outputs[0].token_ids)
                 if got and first is None:
-                    first = time.time()
+                    first, seen = time.time(), time.perf_counter()
                 n += got
             turns.append((sent, first, time.time(), n))
+            if calls is not None and seen is not None and w0 <= sent <= w1:
+                calls.append((rid, called, seen))
 
     cpu0 = time.process_time()
     await asyncio.gather(*[session_loop(i, s) for i, s in enumerate(systems)])
@@ -338,6 +341,52 @@ def summarize_windows(windows: list[Window], cpu_key: str = "frontend_cpu_cores"
         out["windows_admitting_steps_per_s"] = [_r(sum(1 for n, k in st if k > n) / (w1 - w0))
                                                 for st, (_t, w0, w1, _c) in zip(inside, windows, strict=True)]  # fmt: skip
     return out
+
+
+# request id, perf_counter when AsyncLLM.generate was called, and when that client had the first token
+FirstCall = tuple[str, float, float]
+
+
+def read_firsts(path: str) -> dict[str, float]:
+    """The abort probe's ``.firsts`` lines: when the engine core handed each
+    request's first token to its output thread (perf_counter), by the id the
+    client gave (the probe sees ``<id>-<8 hex>``, as probe_ms says)."""
+    out: dict[str, float] = {}
+    for line in Path(path).read_text().splitlines() if Path(path).exists() else ():
+        rid, _, at = line.rpartition(" ")
+        out.setdefault(rid.rpartition("-")[0], float(at))
+    return out
+
+
+def first_split(calls: list[FirstCall], core_firsts: dict[str, float]) -> dict[str, Any]:
+    """vLLM's first token for one side, p50 / p90 ms over its turns the probe
+    saw: ``core_ms``, generate() called -> the engine core hands the first
+    token out (the request's way in, its wait and its prefill step); then
+    ``handon_ms``, -> the calling process's AsyncLLM client has it (ZMQ, the
+    output handler, and that process's event loop)."""
+    core, handon = [], []
+    for rid, called, seen in calls:
+        at = core_firsts.get(rid)
+        if at is not None:
+            core.append((at - called) * 1e3)
+            handon.append((seen - at) * 1e3)
+    out: dict[str, Any] = {"n": len(core)}
+    for key, values in (("core_ms", core), ("handon_ms", handon)):
+        if values:
+            out[f"{key}_p50"], out[f"{key}_p90"] = _r(pct(values, 0.5)), _r(pct(values, 0.9))
+    return out
+
+
+def ws_first_calls(cycles: list[Cycle], logged: dict[str, dict[str, Any]]) -> list[FirstCall]:
+    """The ws turns' ``FirstCall``s from the server's TURN_TIMING_LOG: vLLM
+    called at received_at + submit_ms, its first text engine_first_ms later."""
+    calls = []
+    for x in cycles:
+        t = logged.get(x[0])
+        if t and t.get("submit_ms") is not None and t.get("engine_first_ms") is not None:
+            called = t["received_at"] + t["submit_ms"] / 1e3
+            calls.append((x[0], called, called + t["engine_first_ms"] / 1e3))
+    return calls
 
 
 def read_steps(path: str | None) -> list[tuple[float, int, int]]:
@@ -987,11 +1036,13 @@ async def interleaved_sustained(raws: list[Any], front: Front, args: argparse.Na
             windows: dict[str, list[Window]] = {side: [] for side in block}
             client_cores: list[float] = []
             cycles: list[Cycle] = []
+            raw_calls: list[FirstCall] = []
             for k, side in enumerate(block * SUSTAIN_BLOCKS):
                 if side == "ws":
                     windows[side].append(await ws_sustained(front, pool, c, window=k, client_cores=client_cores, cycles=cycles))
                 else:
-                    windows[side].append(await raw_sustained(engines[side], builder, params, c, window=k))
+                    calls = raw_calls if side == "raw" else None
+                    windows[side].append(await raw_sustained(engines[side], builder, params, c, window=k, calls=calls))
             steps = probe_file(args) + ".steps"
             raw_result["sustain_s"] = SUSTAIN_S  # for the report, which runs apart
             raw_result["sustained_order"] = list(block)
@@ -1000,8 +1051,12 @@ async def interleaved_sustained(raws: list[Any], front: Front, args: argparse.Na
                     raw_result[f"{side}/sustained/c{c}"] = summarize_windows(windows[side], steps_path=steps)
             ws_result[f"ws/sustained/c{c}"] = summarize_windows(windows["ws"], "server_main_cpu_cores", steps)
             ws_result[f"ws/sustained/c{c}"]["windows_client_cpu_cores"] = [_r(x) for x in client_cores]
-            await asyncio.sleep(0.05)  # the log lines of the last turns
-            ws_result[f"ws/sustained/c{c}"]["cycle"] = cycle_split(cycles, front.timings())
+            await asyncio.sleep(0.3)  # the log lines of the last turns; the probe writes every 0.2 s
+            logged = front.timings()
+            ws_result[f"ws/sustained/c{c}"]["cycle"] = cycle_split(cycles, logged)
+            core_firsts = read_firsts(probe_file(args) + ".firsts")
+            raw_result[f"raw/sustained/c{c}"]["first_split"] = first_split(raw_calls, core_firsts)
+            ws_result[f"ws/sustained/c{c}"]["first_split"] = first_split(ws_first_calls(cycles, logged), core_firsts)
             sides = "; ".join(f"{side} {raw_result[f'{side}/sustained/c{c}']}" for side in windows if side != "ws")
             print(f"[both] sustained c={c}: {sides}; ws {ws_result[f'ws/sustained/c{c}']}", flush=True)
     finally:
@@ -1291,6 +1346,13 @@ def report(raw: dict[str, Any], ws: dict[str, Any]) -> str:
                       "and over every turn the server's part of its TTFT (the client's TTFT less vLLM's first token).", "",
                       "| " + " | ".join(CYCLE_KEYS) + " |", "|" + "---|" * len(CYCLE_KEYS),
                       "| " + " | ".join(f"{cyc.get(f'{k}_p50')} / {cyc.get(f'{k}_p90')}" for k in CYCLE_KEYS) + " |"]
+        splits = {side: x.get(f"{side}/sustained/c{c}", {}).get("first_split") for side, x in (("raw", raw), ("ws", ws))}
+        if all(v and v.get("n") for v in splits.values()):
+            lines += ["", f"Sustained c={c}, vLLM's first token split by the probe's `.firsts` (`first_split`), p50 / p90 ms: "
+                      "generate() called -> the engine core hands the token out; -> the calling process's AsyncLLM has it.",
+                      "", "| side | turns | engine core | hand-on |", "|---|---|---|---|"]
+            lines += [f"| {side} | {v['n']} | {v.get('core_ms_p50')} / {v.get('core_ms_p90')} | "
+                      f"{v.get('handon_ms_p50')} / {v.get('handon_ms_p90')} |" for side, v in splits.items()]  # fmt: skip
     lines += ["", "Where the WebSocket path's TTFT goes (p50 ms; server figures from `done.usage.ttft_ms` and "
               "TURN_TIMING_LOG): client-measured TTFT; the server's own (frame in -> token frame queued); frame in -> "
               "engine called (decode, session, prompt); engine called -> first text from vLLM; first text -> token "

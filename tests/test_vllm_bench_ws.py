@@ -54,6 +54,34 @@ def test_cycle_split_pairs_a_turn_with_its_sessions_next_in_the_same_window() ->
     assert split["added_ms_p50"] == split["added_ms_p90"] == pytest.approx(11.2 - 5.0)
 
 
+def test_first_split_joins_the_probes_first_tokens_by_the_clients_ids(tmp_path: Path) -> None:
+    # the probe sees vLLM's internal ids, "<the client's id>-<8 hex>"; "z" was never called
+    firsts = tmp_path / "run.aborts.firsts"
+    firsts.write_text("aa-0123abcd 10.004000\nbb-89abcdef 20.010000\nz-00000000 5.0\naa-ffffffff 11.0\n")
+    core = vllm_bench.read_firsts(str(firsts))
+    assert core == {"aa": 10.004, "bb": 20.01, "z": 5.0}, "the first line of an id counts"
+    assert vllm_bench.read_firsts(str(tmp_path / "none")) == {}
+    # called at 10.000, the core handed the token out at 10.004, the client had it at 10.0065
+    calls = [("aa", 10.0, 10.0065), ("bb", 20.0, 20.0105), ("cc", 30.0, 30.02)]
+    split = vllm_bench.first_split(calls, core)
+    assert split["n"] == 2, "cc: the probe never saw it"
+    # core 4.0 and 10.0 ms, hand-on 0.5 and 2.5 ms; percentiles interpolate between the two
+    assert (split["core_ms_p50"], split["core_ms_p90"]) == pytest.approx((7.0, 9.4))
+    assert (split["handon_ms_p50"], split["handon_ms_p90"]) == pytest.approx((1.5, 2.3))
+    assert vllm_bench.first_split([], core) == {"n": 0}
+
+
+def test_ws_first_calls_read_the_server_timing_line() -> None:
+    logged = {
+        "a": {"received_at": 100.0, "submit_ms": 0.2, "engine_first_ms": 12.0},
+        "b": {"received_at": 200.0, "submit_ms": 0.3},  # never reached a first token
+    }
+    cycles = [("a", 0, 1, 0.0, 99.9, 100.5, 0.013), ("b", 0, 1, 0.0, 199.9, 200.5, None), ("c", 1, 1, 0.0, 1.0, 2.0, None)]
+    [(rid, called, seen)] = vllm_bench.ws_first_calls(cycles, logged)
+    assert rid == "a"
+    assert called == pytest.approx(100.0002) and seen == pytest.approx(100.0122)
+
+
 def test_sustained_window_against_a_real_server_with_spread_replies(monkeypatch: pytest.MonkeyPatch) -> None:
     """One short sustained window through real sockets: every turn ends done,
     the replies have the drawn lengths, and each turn pairs with the server's
@@ -89,3 +117,10 @@ def test_sustained_window_against_a_real_server_with_spread_replies(monkeypatch:
     # the server's part of TTFT: positive (two socket hops at least), and less than the client's whole TTFT
     ttfts = sorted(x[6] * 1e3 for x in cycles if x[6] is not None)
     assert 0 < split["added_ms_p50"] < ttfts[len(ttfts) // 2], (split, ttfts[len(ttfts) // 2])
+    # each turn's engine call and first token, on the server's clock, inside the client's send -> first token
+    calls = {rid: (called, seen) for rid, called, seen in vllm_bench.ws_first_calls(cycles, logged)}
+    assert len(calls) >= len(cycles) - 4
+    for x in cycles:
+        if x[0] in calls and x[6] is not None:
+            called, seen = calls[x[0]]
+            assert x[4] < called <= seen < x[4] + x[6], (x, called, seen)
