@@ -1505,6 +1505,7 @@ def main() -> None:
     os.environ["YAP_ABORT_PROBE_FILE"] = probe_file(args)
     Path(probe_file(args)).unlink(missing_ok=True)
     Path(probe_file(args) + ".steps").unlink(missing_ok=True)
+    Path(probe_file(args) + ".firsts").unlink(missing_ok=True)
     run = {"raw": raw_phase, "ws": ws_phase, "both": both_phase, "load": load_phase}[args.phase]
     result = asyncio.run(run(args))
     Path(args.out).write_text(json.dumps(result, indent=1))

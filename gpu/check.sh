@@ -118,7 +118,7 @@ bench_both)
   rc=$?; grep -a "^\[raw\]\|^\[ws\]\|Error\|Traceback" "$RES/bench_both_w$W.log" | cut -c1-300 | tail -30
   python3 benchmarks/vllm_bench.py report "$RES/bench_both_w$W.json" --out "$RES/bench_both_w$W.md" >/dev/null || rc=1
   cp "$RES"/bench_both_w$W.json "$RES"/bench_both_w$W.md "$OUT"/ 2>/dev/null
-  (cd "$RES" && tar czf "$OUT/bench_both_logs_$size-si$SI-w$W.tgz" bench_both_w$W.log bench_both_w$W.server.log bench_both_w$W.aborts bench_both_w$W.aborts.steps 2>/dev/null)
+  (cd "$RES" && tar czf "$OUT/bench_both_logs_$size-si$SI-w$W.tgz" bench_both_w$W.log bench_both_w$W.server.log bench_both_w$W.aborts bench_both_w$W.aborts.steps bench_both_w$W.aborts.firsts 2>/dev/null)
   exit $rc;;
 bench_load)
   # A control for the sustained cells (vllm_bench.py load): raw AsyncLLM alone on
