@@ -254,11 +254,7 @@ def probe_ms(args: argparse.Namespace, requests: list[tuple[str, float]]) -> lis
     """Per (request id, perf_counter of its abort or cancel): ms until vLLM's
     scheduler dropped it, as the probe in the engine core recorded. The probe
     sees internal ids, ``<request id>-<8 hex>`` (InputProcessor.assign_request_id)."""
-    dropped: dict[str, float] = {}
-    path = Path(probe_file(args))
-    for line in path.read_text().splitlines() if path.exists() else ():
-        rid, _, at = line.rpartition(" ")
-        dropped.setdefault(rid.rpartition("-")[0], float(at))
+    dropped = read_probe_times(probe_file(args))
     return [(dropped[rid] - t) * 1e3 for rid, t in requests if rid in dropped]
 
 
@@ -347,10 +343,10 @@ def summarize_windows(windows: list[Window], cpu_key: str = "frontend_cpu_cores"
 FirstCall = tuple[str, float, float]
 
 
-def read_firsts(path: str) -> dict[str, float]:
-    """The abort probe's ``.firsts`` lines: when the engine core handed each
-    request's first token to its output thread (perf_counter), by the id the
-    client gave (the probe sees ``<id>-<8 hex>``, as probe_ms says)."""
+def read_probe_times(path: str) -> dict[str, float]:
+    """A probe file's ``<internal id> <perf_counter>`` lines (the aborts file,
+    or ``.firsts``: when the engine core handed a request's first token to its
+    output thread), by the id the client gave: the first line of each counts."""
     out: dict[str, float] = {}
     for line in Path(path).read_text().splitlines() if Path(path).exists() else ():
         rid, _, at = line.rpartition(" ")
@@ -1054,7 +1050,7 @@ async def interleaved_sustained(raws: list[Any], front: Front, args: argparse.Na
             await asyncio.sleep(0.3)  # the log lines of the last turns; the probe writes every 0.2 s
             logged = front.timings()
             ws_result[f"ws/sustained/c{c}"]["cycle"] = cycle_split(cycles, logged)
-            core_firsts = read_firsts(probe_file(args) + ".firsts")
+            core_firsts = read_probe_times(probe_file(args) + ".firsts")
             raw_result[f"raw/sustained/c{c}"]["first_split"] = first_split(raw_calls, core_firsts)
             ws_result[f"ws/sustained/c{c}"]["first_split"] = first_split(ws_first_calls(cycles, logged), core_firsts)
             sides = "; ".join(f"{side} {raw_result[f'{side}/sustained/c{c}']}" for side in windows if side != "ws")

@@ -58,9 +58,9 @@ def test_first_split_joins_the_probes_first_tokens_by_the_clients_ids(tmp_path: 
     # the probe sees vLLM's internal ids, "<the client's id>-<8 hex>"; "z" was never called
     firsts = tmp_path / "run.aborts.firsts"
     firsts.write_text("aa-0123abcd 10.004000\nbb-89abcdef 20.010000\nz-00000000 5.0\naa-ffffffff 11.0\n")
-    core = vllm_bench.read_firsts(str(firsts))
+    core = vllm_bench.read_probe_times(str(firsts))
     assert core == {"aa": 10.004, "bb": 20.01, "z": 5.0}, "the first line of an id counts"
-    assert vllm_bench.read_firsts(str(tmp_path / "none")) == {}
+    assert vllm_bench.read_probe_times(str(tmp_path / "none")) == {}
     # called at 10.000, the core handed the token out at 10.004, the client had it at 10.0065
     calls = [("aa", 10.0, 10.0065), ("bb", 20.0, 20.0105), ("cc", 30.0, 30.02)]
     split = vllm_bench.first_split(calls, core)
