@@ -36,7 +36,7 @@ PROBE_ENV = "YAP_ABORT_PROBE_FILE"  # vllm_bench.py sets it (and reads the file:
 class AbortProbeScheduler(AsyncScheduler):
     _steps: list[str] | None = None
     _firsts: list[str] | None = None
-    _streaming: set[str] | None = None  # requests whose first token went out, until they finish
+    _streaming: set[str]  # requests whose first token went out, until they finish (made with _firsts)
     _flushed = 0.0
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
@@ -44,7 +44,7 @@ class AbortProbeScheduler(AsyncScheduler):
         path = os.environ.get(PROBE_ENV)
         if path and out.num_scheduled_tokens:
             if self._steps is None:
-                self._steps, self._firsts = [], []
+                self._steps, self._firsts, self._streaming = [], [], set()
             now = time.time()
             self._steps.append(f"{now:.6f} {len(out.num_scheduled_tokens)} {out.total_num_scheduled_tokens}\n")
             if now - self._flushed >= 0.2:  # a window's turns run past its end: its steps reach the file
@@ -57,9 +57,7 @@ class AbortProbeScheduler(AsyncScheduler):
         outputs = super().update_from_output(scheduler_output, model_runner_output)
         if self._firsts is None:  # no probe file (see schedule)
             return outputs
-        now = time.perf_counter()
-        streaming = self._streaming if self._streaming is not None else set()
-        self._streaming = streaming
+        now, streaming = time.perf_counter(), self._streaming
         for batch in outputs.values():
             for o in batch.outputs:
                 if o.new_token_ids and o.request_id not in streaming:
