@@ -1096,7 +1096,7 @@ async def both_phase(args: argparse.Namespace) -> dict[str, Any]:
     waiter.start()
     host, port = "127.0.0.1", free_port("127.0.0.1")
     log_path = Path(args.out).with_suffix(".server.log")
-    log = log_path.open("ab")
+    log = log_path.open("wb")  # this run's turns only, when a step runs again
     socks = listen(host, port, n)
     options = ServeOptions(host=host, port=port, certfile=None, keyfile=None, access_log=False)
     board = Board.create(n)  # the workers' shared counts, as `yap serve` makes them
