@@ -17,6 +17,7 @@ TOOL_CLASSIFIER=scripted).
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from array import array
 from collections import OrderedDict
@@ -57,6 +58,14 @@ class ScriptedSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
         tuple[str, ...], doc("Sampling keys the scripted engine declares it cannot honour (comma-separated).")
     ] = ()
     scripted_token_delay_ms: Annotated[float, doc("Delay before each token (0: instant).", ge=0)] = 0.0
+    scripted_step_ms: Annotated[
+        float,
+        doc(
+            "Tokens in batched steps, as a GPU engine gives them: every this many ms each running stream "
+            "gets its next token in one event-loop pass, in the order the streams waited, a request that "
+            "arrived during the step last (0: each stream on its own; replaces scripted_token_delay_ms)."
+        ),
+    ] = 0.0
     scripted_max_model_len: Annotated[int, doc("Context length the scripted engine reports.", ge=64)] = 8192
     scripted_fail_on: Annotated[
         str | None, doc("Fault injection: a stream whose last user message contains this text fails after one token.")
@@ -86,6 +95,10 @@ class ScriptedTokenizer:
 
     eos_token = EOS
     eos_token_id = _SPECIALS[EOS]
+    # As a Hugging Face tokenizer lists them: the prompt builder removes them
+    # from contents, and tokenizes contents apart from the template around
+    # them (they start each piece of it), as it does for real models.
+    all_special_tokens = [IM_START, IM_END, EOS]
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         ids: list[int] = []
@@ -195,6 +208,10 @@ class ScriptedEngine:
         self._queries = 0
         self._hits = 0
         self._dead = False
+        # scripted_step_ms: the current step's event (every stream waits on
+        # it) and the task that sets one each step while streams run
+        self._step = asyncio.Event()
+        self._stepper: asyncio.Task[None] | None = None
         self.attachment: Any = None  # SERVER_WORKERS: what the supervisor handed this worker
 
     @property
@@ -210,6 +227,33 @@ class ScriptedEngine:
 
     async def close(self) -> None:
         self._running.clear()
+        if self._stepper is not None:
+            self._stepper.cancel()
+            self._stepper = None
+
+    async def _next_step(self) -> None:
+        """Wait for the next batched step (scripted_step_ms)."""
+        if self._stepper is None:
+            self._stepper = asyncio.get_running_loop().create_task(self._steps(), name="scripted-steps")
+        await self._step.wait()
+
+    async def _steps(self) -> None:
+        # On a fixed grid, as a GPU engine steps whether or not the server
+        # keeps up: a step the event loop reaches late is not made up.
+        step = self.settings.scripted_step_ms / 1000.0
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        try:
+            while self._running or self._aborted:  # an aborted stream still waits for its step
+                due += step
+                late = loop.time() - due
+                if late > 0:
+                    due += step * math.ceil(late / step)
+                await asyncio.sleep(due - loop.time())
+                event, self._step = self._step, asyncio.Event()
+                event.set()  # wakes this step's streams in the order they waited
+        finally:
+            self._stepper = None
 
     def share(self, workers: int) -> ScriptedShare:
         """SERVER_WORKERS > 1. A scripted engine has nothing worth sharing (each
@@ -276,12 +320,15 @@ class ScriptedEngine:
         max_tokens = request.sampling.max_tokens
         cycle = request.sampling.ignore_eos or self.settings.scripted_repeat
         delay = self.settings.scripted_token_delay_ms / 1000.0
+        stepped = self.settings.scripted_step_ms > 0
         self._running.add(rid)
         stops = StopMatcher(request.sampling.stop)
         try:
             n = 0
             while True:
-                if delay:
+                if stepped:
+                    await self._next_step()
+                elif delay:
                     await asyncio.sleep(delay)
                 else:
                     await asyncio.sleep(0)  # yield to the loop, as a real engine does
