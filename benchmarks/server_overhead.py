@@ -14,13 +14,20 @@ this client pinned to another, and prints:
    the server lags, a turn's pieces join one frame (connection.Outbox), so
    frames alone would flatter a saturated server; the scripted reply is one
    word per token, so the client counts words. Also, from TURN_TIMING_LOG, how
-   long each turn started in that window waited for its task to run and for
-   the engine call while the core was saturated.
+   long each turn started in that window waited for its task to run, for
+   the engine call and for its first token frame to be queued while the core
+   was busy; and each such turn's TTFT at the client.
 
     .venv/bin/python benchmarks/server_overhead.py [--sessions 64] [--seconds 10] [--client-deflate [--server-deflate]]
+        [--step-ms 3 --message-tokens 100]
 
 --client-deflate: the clients offer permessage-deflate, as browsers do (the
 server declines unless --server-deflate sets WS_PERMESSAGE_DEFLATE).
+--step-ms: the scripted engine gives tokens in batched steps (SCRIPTED_STEP_MS),
+in the order vLLM hands a step's outputs over, instead of at once: the load a
+GPU engine puts on the server's event loop. --message-tokens: the throughput
+phase's turns are `message` turns of that many tokens, each session's history
+growing as a conversation's does, instead of a new `start` each turn.
 
 Targets: < 50 us of server time per token frame, < 1 ms added to TTFT at p50.
 """
@@ -36,6 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 from websockets.exceptions import ConnectionClosed
@@ -48,8 +56,9 @@ KEY = "overhead-bench-key"
 REPLY = " ".join(f"word{i % 10}" for i in range(400)) + "."
 
 
-def server_env(deploy_mode: str, deflate: bool = False) -> dict[str, str]:
+def server_env(deploy_mode: str, deflate: bool = False, step_ms: float = 0.0) -> dict[str, str]:
     return {
+        "SCRIPTED_STEP_MS": str(step_ms),
         "WS_PERMESSAGE_DEFLATE": "true" if deflate else "false",
         "TEXT_API_KEY": KEY,
         "INFERENCE_ENGINE": "scripted",
@@ -118,15 +127,21 @@ async def gap_phase(url: str, turns: int, compression: str | None = None) -> Sum
     return summarize(gaps)
 
 
-async def _stream_until(url: str, sessions: int, start: float, stop: float, compression: str | None) -> tuple[int, int]:
+async def _stream_until(
+    url: str, sessions: int, start: float, stop: float, compression: str | None, message_tokens: int = 0
+) -> tuple[int, int, list[float]]:
     """Open `sessions` sockets, then from `start` to `stop` run turns back to
-    back; returns the token frames and the tokens (words) that arrived inside the window."""
+    back; returns the token frames and the tokens (words) that arrived inside
+    the window, and the TTFT (ms) of each turn sent inside it. message_tokens:
+    `message` turns of that many tokens on each socket's one session (its
+    history growing, as a conversation's does), instead of a `start` each turn."""
     conns = [await YapConnection.open(url, KEY, compression=compression) for _ in range(sessions)]
     sids = [new_id() for _ in conns]
     for conn, sid in zip(conns, sids, strict=True):
         ready = await conn.turn("start", sid, {}, wait_s=30)
         assert ready.end == "ready", ready
     frames = tokens = 0
+    ttfts: list[float] = []
 
     def count(frame: Frame, _at: float) -> None:
         nonlocal frames, tokens
@@ -136,10 +151,16 @@ async def _stream_until(url: str, sessions: int, start: float, stop: float, comp
 
     async def one(conn: YapConnection, sid: str) -> None:
         while time.perf_counter() < stop:
-            # Same session each time, its history reset: prompts stay small.
-            turn = await conn.turn("start", sid, {"user_utterance": "go on"}, wait_s=60, on_frame=count)
+            sent = time.perf_counter()
+            if message_tokens:
+                payload = {"user_utterance": "go on", "sampling": {"max_tokens": message_tokens}}
+                turn = await conn.turn("message", sid, payload, wait_s=60, on_frame=count)
+            else:  # same session each time, its history reset: prompts stay small
+                turn = await conn.turn("start", sid, {"user_utterance": "go on"}, wait_s=60, on_frame=count)
             if turn.end != "done":
                 raise SystemExit(f"turn ended {turn.end}: {turn.error}")
+            if start <= sent <= stop and turn.first_token_s is not None:
+                ttfts.append(turn.first_token_s * 1e3)
 
     await asyncio.sleep(max(0.0, start - time.perf_counter()))
     try:
@@ -148,22 +169,23 @@ async def _stream_until(url: str, sessions: int, start: float, stop: float, comp
         raise SystemExit(f"throughput phase failed: {exc}") from exc
     for conn in conns:
         await conn.close()
-    return frames, tokens
+    return frames, tokens, ttfts
 
 
 def _worker(
-    url: str, sessions: int, start: float, stop: float, cpu: int | None, compression: str | None
-) -> tuple[int, int, float]:
-    """A client process (its own core): token frames counted, and its CPU seconds."""
+    url: str, sessions: int, start: float, stop: float, cpu: int | None, compression: str | None, message_tokens: int
+) -> tuple[int, int, list[float], float]:
+    """A client process (its own core): token frames counted, TTFTs, and its CPU seconds."""
     if cpu is not None:
         pin({cpu})
-    frames, tokens = asyncio.run(_stream_until(url, sessions, start, stop, compression))
+    frames, tokens, ttfts = asyncio.run(_stream_until(url, sessions, start, stop, compression, message_tokens))
     t = psutil.Process().cpu_times()
-    return frames, tokens, t.user + t.system
+    return frames, tokens, ttfts, t.user + t.system
 
 
 async def throughput_phase(url: str, sessions: int, seconds: float, server_pid: int,
-                           client_cpus: list[int | None], compression: str | None = None) -> dict[str, float]:
+                           client_cpus: list[int | None], compression: str | None = None,
+                           message_tokens: int = 0) -> dict[str, Any]:
     """Many sockets, spread over client processes, streaming long replies for
     `seconds`: token frames per second, and the server's CPU time per frame."""
     import concurrent.futures
@@ -176,15 +198,15 @@ async def throughput_phase(url: str, sessions: int, seconds: float, server_pid: 
     loop = asyncio.get_running_loop()
     ctx = multiprocessing.get_context("spawn")  # perf_counter is CLOCK_MONOTONIC: shared by processes
     with concurrent.futures.ProcessPoolExecutor(len(client_cpus), mp_context=ctx) as pool:
-        futures = [loop.run_in_executor(pool, _worker, url, n, start, stop, cpu, compression)
+        futures = [loop.run_in_executor(pool, _worker, url, n, start, stop, cpu, compression, message_tokens)
                    for n, cpu in zip(per, client_cpus, strict=True) if n]
         await asyncio.sleep(max(0.0, start - time.perf_counter()))
         s0 = server.cpu_times()
         await asyncio.sleep(max(0.0, stop - time.perf_counter()))
         s1 = server.cpu_times()
         results = await asyncio.gather(*futures)
-    frames = sum(f for f, _, _ in results)
-    tokens = sum(n for _, n, _ in results)
+    frames = sum(r[0] for r in results)
+    tokens = sum(r[1] for r in results)
     server_cpu = (s1.user + s1.system) - (s0.user + s0.system)
     return {
         "wall_s": seconds,
@@ -198,15 +220,18 @@ async def throughput_phase(url: str, sessions: int, seconds: float, server_pid: 
         "server_us_per_frame": 1e6 * server_cpu / max(frames, 1),
         "start": start,
         "stop": stop,
+        "ttft": summarize([x for r in results for x in r[2]]),
     }
 
 
-def turn_waits(log: Path, start: float, stop: float) -> tuple[Summary, Summary]:
-    """task_ms and submit_ms (TURN_TIMING_LOG) of the turns whose frame arrived
-    in [start, stop]: how long a new turn waited for its task, and for the
-    engine call, while the server's core was saturated."""
+def turn_waits(log: Path, start: float, stop: float) -> tuple[Summary, Summary, Summary]:
+    """task_ms, submit_ms and ttft_ms (TURN_TIMING_LOG) of the turns whose
+    frame arrived in [start, stop]: how long a new turn waited for its task,
+    for the engine call, and for its first token frame to be queued, while the
+    server's core was busy."""
     recs = [r for r in timing_records(log.read_text(errors="replace")).values() if start <= r["received_at"] <= stop]
-    return summarize([r["task_ms"] for r in recs]), summarize([r["submit_ms"] for r in recs])
+    task, submit, ttft = ([r[k] for r in recs] for k in ("task_ms", "submit_ms", "ttft_ms"))
+    return summarize(task), summarize(submit), summarize(ttft)
 
 
 def pin(cpus: set[int]) -> None:
@@ -229,7 +254,7 @@ async def run(args: argparse.Namespace) -> None:
         log = Path(tempfile.mkstemp(prefix=f"yap-overhead-{mode}-", suffix=".log")[1])
         if pinned:
             pin({cpus[0]})  # the child inherits this affinity, threads included
-        srv = ServerProcess(server_env(mode, args.server_deflate), log_path=log)
+        srv = ServerProcess(server_env(mode, args.server_deflate, args.step_ms), log_path=log)
         try:
             await srv.start(seconds=120)
         finally:
@@ -253,18 +278,25 @@ async def run(args: argparse.Namespace) -> None:
             gap = await gap_phase(srv.ws_url, args.gap_turns, compression)
             print(f"one stream, gap between token frames at the client ({gap.count} gaps): p50 {gap.p50:.0f} us, "
                   f"p90 {gap.p90:.0f} us, p99 {gap.p99:.0f} us (server wall time per frame, engine step included)")
-            t = await throughput_phase(srv.ws_url, args.sessions, args.seconds, srv.pid, client_cpus, compression)
+            t = await throughput_phase(
+                srv.ws_url, args.sessions, args.seconds, srv.pid, client_cpus, compression, args.message_tokens
+            )
             print(f"throughput, {args.sessions} sockets from {t['client_processes']:.0f} client process(es), "
                   f"{t['wall_s']:.0f} s: {t['tokens']:.0f} tokens in {t['token_frames']:.0f} token frames = "
                   f"{t['tokens_per_s']:.0f} tokens/s, {t['frames_per_s']:.0f} frames/s")
             print(f"server CPU {t['server_cpu_percent']:.0f}% of its one core; "
                   f"server CPU time per token: {t['server_us_per_token']:.1f} us, per token frame: "
                   f"{t['server_us_per_frame']:.1f} us (target < 50 us)")
+            ttft = t["ttft"]
+            if ttft.count:
+                print(f"  TTFT of the turns sent in the window ({ttft.count}): p50 {ttft.p50:.2f} "
+                      f"p90 {ttft.p90:.2f} p99 {ttft.p99:.2f} ms")
             await asyncio.sleep(0.2)  # the last turns' timing lines
-            task, submit = turn_waits(log, t["start"], t["stop"])
+            task, submit, queued = turn_waits(log, t["start"], t["stop"])
             print(f"  turns started in the window: {task.count}; frame in -> the turn's task runs p50 "
                   f"{fmt_ms(task.p50)} p90 {fmt_ms(task.p90)} ms, -> engine called p50 {fmt_ms(submit.p50)} "
-                  f"p90 {fmt_ms(submit.p90)} ms")
+                  f"p90 {fmt_ms(submit.p90)} ms, -> first token frame queued p50 {fmt_ms(queued.p50)} "
+                  f"p90 {fmt_ms(queued.p90)} ms")
         finally:
             await srv.stop()
             await asyncio.to_thread(log.unlink, missing_ok=True)
@@ -282,6 +314,10 @@ def main() -> None:
     ap.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server and client to separate CPUs")
     ap.add_argument("--client-deflate", action="store_true", help="clients offer permessage-deflate, as browsers do")
     ap.add_argument("--server-deflate", action="store_true", help="WS_PERMESSAGE_DEFLATE=true: the server accepts it")
+    ap.add_argument("--step-ms", type=float, default=0.0,
+                    help="SCRIPTED_STEP_MS: tokens in batched steps, as a GPU engine gives them (0: instant)")
+    ap.add_argument("--message-tokens", type=int, default=0,
+                    help="throughput phase: `message` turns of N tokens, history growing (0: a `start` each turn)")
     args = ap.parse_args()
     asyncio.run(run(args))
 
