@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
+import pytest
 from yap_core.contracts import GenerationRequest, Sampling
 from yap_core.scripted import ScriptedEngine, ScriptedSettings
+from yap_core.settings import SettingsError
 
 STEP_MS = 30.0
 
@@ -85,3 +88,10 @@ async def test_steps_stop_when_no_stream_runs_and_start_again() -> None:
     assert eng._stepper is None
     assert [d.completion_tokens async for d in eng.stream(request("b", 2))] == [1, 2]
     await eng.close()
+
+
+def test_steps_and_a_token_delay_together_are_refused() -> None:
+    with pytest.raises(SettingsError, match="SCRIPTED_STEP_MS and SCRIPTED_TOKEN_DELAY_MS"):
+        ScriptedEngine(ScriptedSettings(scripted_step_ms=3.0, scripted_token_delay_ms=1.0))
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"scripted_step_ms": -1.0}, ScriptedSettings)

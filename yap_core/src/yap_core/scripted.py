@@ -63,7 +63,9 @@ class ScriptedSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
         doc(
             "Tokens in batched steps, as a GPU engine gives them: every this many ms each running stream "
             "gets its next token in one event-loop pass, in the order the streams waited, a request that "
-            "arrived during the step last (0: each stream on its own; replaces scripted_token_delay_ms)."
+            "arrived during the step last (0: each stream on its own, after scripted_token_delay_ms; "
+            "set one of the two).",
+            ge=0,
         ),
     ] = 0.0
     scripted_max_model_len: Annotated[int, doc("Context length the scripted engine reports.", ge=64)] = 8192
@@ -198,6 +200,8 @@ class ScriptedEngine:
             raise SettingsError(
                 f"SCRIPTED_UNSUPPORTED: unknown sampling key(s) {', '.join(unknown)}; known: {', '.join(sorted(SAMPLING_KEYS))}"
             )
+        if settings.scripted_step_ms and settings.scripted_token_delay_ms:
+            raise SettingsError("SCRIPTED_STEP_MS and SCRIPTED_TOKEN_DELAY_MS both set: each paces the tokens, set one")
         self.settings = settings
         self.model_id = "scripted"
         self.max_model_len = settings.scripted_max_model_len
