@@ -9,9 +9,16 @@ exercise the same queue on real sockets).
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import msgspec
+import pytest
 from yap_core.connection import Outbox
+
+# Python 3.12+: a frame that finds the sender parked can be sent inside put()
+# by an eager task; on 3.11 the sender sends every frame. `make test` runs
+# this file on both.
+EAGER = sys.version_info >= (3, 12)
 
 
 class GatedSocket:
@@ -153,3 +160,92 @@ async def test_a_token_frame_interval_holds_pieces_but_never_the_first_or_what_e
     assert times[0] < 0.25  # not held
     assert times[1] >= 0.49  # held for the interval after the first
     assert times[2] - times[1] < 0.4  # the final behind it released it before the interval's end
+
+
+async def _parked(box: Outbox) -> asyncio.Task[None]:
+    """The sender, started and parked on its empty queue."""
+    runner = asyncio.create_task(box.run())
+    await asyncio.sleep(0)
+    return runner
+
+
+async def test_a_turns_first_token_and_its_final_go_out_inside_put_where_python_can() -> None:
+    sock = InstantSocket()
+    box = Outbox(sock.send, 100, lambda: None)
+    runner = await _parked(box)
+    try:
+        box.put_token("s", "r1", "Hel")
+        # Eager: on the wire before put_token returned. Plain: the sender's pass.
+        assert len(sock.sent) == (1 if EAGER else 0)
+        await box.flush(1.0)
+        box.put_token("s", "r1", "lo")  # not the turn's first piece: the sender sends it
+        assert len(sock.sent) == 1
+        await box.flush(1.0)
+        box.put('{"type":"final","session_id":"s","request_id":"r1","payload":{"text":"Hello"}}')
+        assert len(sock.sent) == (3 if EAGER else 2)
+        box.put_token("s", "r2", "Next")  # a new turn, but the final is still queued on 3.11
+        await box.flush(1.0)
+    finally:
+        runner.cancel()
+    kinds = [(f["type"], f["request_id"], f["payload"].get("text")) for _, f in sock.sent]
+    assert kinds == [("token", "r1", "Hel"), ("token", "r1", "lo"), ("final", "r1", "Hello"), ("token", "r2", "Next")]
+
+
+async def test_frames_queued_behind_a_send_stuck_in_the_socket_keep_their_order() -> None:
+    sock = GatedSocket()
+    overflowed: list[bool] = []
+    box = Outbox(sock.send, 5, lambda: overflowed.append(True))
+    runner = await _parked(box)
+    try:
+        box.put_token("s", "r1", "Hel")
+        await sock.waiting.wait()  # stuck in the socket: sent inside put (3.12) or by the sender
+        assert box.put_token("s", "r1", "lo")  # may not join the frame being sent
+        assert box.put_token("s", "r1", " there")
+        assert box.put('{"type":"final","session_id":"s","request_id":"r1","payload":{"text":"Hello there"}}')
+        assert box.put_token("s", "r2", "Next")
+        assert not box.put_token("s", "r3", "x")  # the limit still counts the stuck frame: 5
+        await sock.release(4)
+        await box.flush(1.0)
+    finally:
+        runner.cancel()
+    kinds = [(f["type"], f["request_id"], f["payload"].get("text")) for f in sock.sent]
+    assert kinds == [
+        ("token", "r1", "Hel"),
+        ("token", "r1", "lo there"),
+        ("final", "r1", "Hello there"),
+        ("token", "r2", "Next"),
+    ]
+    assert overflowed == [True]
+
+
+async def test_a_send_that_fails_ends_the_sender_with_its_error() -> None:
+    async def broken(text: str) -> None:
+        raise ConnectionResetError("peer gone")
+
+    box = Outbox(broken, 100, lambda: None)
+    runner = await _parked(box)
+    assert box.put_token("s", "r1", "Hel")  # the failure surfaces in run(), not in put()
+    with pytest.raises(ConnectionResetError, match="peer gone"):
+        await asyncio.wait_for(runner, 1.0)
+
+
+async def test_stopping_the_sender_cancels_a_send_stuck_in_the_socket() -> None:
+    sock = GatedSocket()
+    cancelled: list[bool] = []
+
+    async def send(text: str) -> None:
+        try:
+            await sock.send(text)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    box = Outbox(send, 100, lambda: None)
+    runner = await _parked(box)
+    box.put_token("s", "r1", "Hel")
+    await sock.waiting.wait()
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await runner
+    await asyncio.sleep(0)  # the stuck send's own cancellation runs
+    assert cancelled == [True]

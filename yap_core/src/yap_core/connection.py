@@ -33,7 +33,7 @@ from yap_core import frames
 from yap_core.frames import FrameError
 from yap_core.limits import SlidingWindow
 from yap_core.runtime import Runtime
-from yap_core.session import SessionHost
+from yap_core.session import SessionHost, eager_task_factory
 
 log = logging.getLogger("yap.connection")
 
@@ -85,13 +85,24 @@ class Outbox:
         self._empty.set()
         self._on_overflow = on_overflow
         self.closed = False
+        # Python 3.12+ (eager tasks): a frame put while the sender is parked can
+        # be sent at once, inside put() (see _start_now); on 3.11 the sender sends all.
+        self._parked = False  # the sender waits on an empty queue
+        self._direct: asyncio.Task[None] | None = None  # such a send, while it waits on the socket
+        self._failed: BaseException | None = None  # what ended such a send; the sender raises it
+        self._token_request = ""  # the request id of the last token piece put
 
-    def put(self, item: str | PendingTokens) -> bool:
+    def put(self, item: str | PendingTokens, now: bool = True) -> bool:
+        """Queue a frame. ``now``: if the socket is idle, send it at once from
+        the caller's step (Python 3.12+; see _start_now)."""
         if not self._room():
             return False
         self._queue.append(item)
         self._queued += 1
         self._empty.clear()
+        if now and self._parked and eager_task_factory is not None and self._direct is None and len(self._queue) == 1:
+            self._start_now(item)
+            return True
         self._wake.set()
         if self._hold is not None and not self._hold.done():
             self._hold.set_result(None)  # a frame behind the held one: send it now
@@ -99,7 +110,14 @@ class Outbox:
 
     def put_token(self, session_id: str, request_id: str, piece: str) -> bool:
         """Queue a token piece: it joins the turn's last queued token frame if
-        that frame is still waiting (not being sent yet), else starts one."""
+        that frame is still waiting (not being sent yet), else starts one.
+        Only a turn's first piece is sent at once: the pieces after it go
+        through the sender, so that the turns one engine step wakes do not
+        write their sockets ahead of a new turn's first token. (Two turns
+        interleaving on one socket each count as new at every switch: more
+        of their pieces go at once, in the same order.)"""
+        first = request_id != self._token_request
+        self._token_request = request_id
         tail = self._queue[-1] if self._queue else None
         if (
             type(tail) is PendingTokens
@@ -112,7 +130,7 @@ class Outbox:
             tail.pieces.append(piece)
             self._queued += 1
             return True
-        return self.put(PendingTokens(session_id, request_id, piece))
+        return self.put(PendingTokens(session_id, request_id, piece), now=first)
 
     def _room(self) -> bool:
         if self.closed:
@@ -123,13 +141,56 @@ class Outbox:
             return False
         return True
 
+    def _start_now(self, item: str | PendingTokens) -> None:
+        """Send ``item`` from the caller's own step. Under load the engine's
+        outputs wake every turn of the worker at once: a frame left to the
+        sender would go out only after every other turn's step and every
+        other socket's sender ahead of it. While this send waits on the socket
+        (rarely: a full buffer) it is the head being sent, and the sender
+        takes the frames queued behind it once it is done."""
+        assert eager_task_factory is not None
+        self._sending = item
+        task = eager_task_factory(asyncio.get_running_loop(), self._send_now(item), name="ws-send")
+        if not task.done():
+            self._direct = task
+
+    async def _send_now(self, item: str | PendingTokens) -> None:
+        try:
+            await self._send(item if type(item) is str else item.encode())  # type: ignore[union-attr]
+            if type(item) is PendingTokens and self._interval:
+                self._last_token = (item.request_id, time.monotonic())
+        except Exception as exc:  # the sender raises it, as if it had sent this frame itself
+            self._failed = exc
+        finally:
+            self._queue.popleft()
+            self._queued -= 1 if type(item) is str else len(item.pieces)  # type: ignore[union-attr]
+            self._sending = None
+            self._direct = None
+            self._wake.set()  # the sender: the frames behind this one, or the failure
+            if not self._queue:
+                self._empty.set()
+
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            if self._direct is not None:
+                self._direct.cancel()
+
+    async def _run(self) -> None:
         queue = self._queue
         while True:
-            while not queue:
-                self._empty.set()
+            while not queue or self._direct is not None:
+                if self._failed is not None:
+                    raise self._failed
+                if not queue:
+                    self._empty.set()
+                self._parked = not queue
                 self._wake.clear()
                 await self._wake.wait()
+                self._parked = False
+            if self._failed is not None:
+                raise self._failed
             item = queue[0]
             if type(item) is PendingTokens and self._interval:
                 await self._hold_tokens(item)

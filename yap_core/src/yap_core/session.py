@@ -36,7 +36,7 @@ log = logging.getLogger("yap.session")
 
 # Python 3.12+. A task created by it runs at once, inside the call that creates
 # it, up to its first wait that really suspends.
-_eager_task_factory = getattr(asyncio, "eager_task_factory", None)
+eager_task_factory = getattr(asyncio, "eager_task_factory", None)
 
 
 def start_turn_task(coro: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
@@ -49,8 +49,8 @@ def start_turn_task(coro: Coroutine[Any, Any, None], *, name: str) -> asyncio.Ta
     3.11 it is a plain task. Nothing after the call may assume the task has not
     run: ``_launch`` is the last thing a frame's handler does."""
     loop = asyncio.get_running_loop()
-    if _eager_task_factory is not None:
-        return _eager_task_factory(loop, coro, name=name)  # type: ignore[no-any-return]
+    if eager_task_factory is not None:
+        return eager_task_factory(loop, coro, name=name)  # type: ignore[no-any-return]
     return loop.create_task(coro, name=name)
 
 _ENGINE_KEYS = tuple(k for k in WireSampling.__struct_fields__ if k != "sanitize_output")
