@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Iterable
 
 import msgspec
 import pytest
@@ -19,6 +20,11 @@ from yap_core.connection import Outbox
 # by an eager task; on 3.11 the sender sends every frame. `make test` runs
 # this file on both.
 EAGER = sys.version_info >= (3, 12)
+
+
+def kinds(sent: Iterable[dict]) -> list[tuple[str, str, str | None]]:
+    """Each frame sent as (type, request id, text)."""
+    return [(f["type"], f["request_id"], f["payload"].get("text")) for f in sent]
 
 
 class GatedSocket:
@@ -60,8 +66,7 @@ async def test_pieces_join_the_waiting_frame_but_never_the_one_being_sent() -> N
         await box.flush(1.0)
     finally:
         runner.cancel()
-    kinds = [(f["type"], f["request_id"], f["payload"].get("text")) for f in sock.sent]
-    assert kinds == [
+    assert kinds(sock.sent) == [
         ("token", "r1", "Hel"),
         ("token", "r1", "lo there"),
         ("final", "r1", "Hello there"),
@@ -148,8 +153,7 @@ async def test_a_token_frame_interval_holds_pieces_but_never_the_first_or_what_e
         await box.flush(1.0)
     finally:
         runner.cancel()
-    kinds = [(f["type"], f["request_id"], f["payload"].get("text")) for _, f in sock.sent]
-    assert kinds == [
+    assert kinds(f for _, f in sock.sent) == [
         ("token", "r1", "Hel"),
         ("token", "r1", "lo there"),
         ("token", "r1", "!"),
@@ -187,8 +191,12 @@ async def test_a_turns_first_token_and_its_final_go_out_inside_put_where_python_
         await box.flush(1.0)
     finally:
         runner.cancel()
-    kinds = [(f["type"], f["request_id"], f["payload"].get("text")) for _, f in sock.sent]
-    assert kinds == [("token", "r1", "Hel"), ("token", "r1", "lo"), ("final", "r1", "Hello"), ("token", "r2", "Next")]
+    assert kinds(f for _, f in sock.sent) == [
+        ("token", "r1", "Hel"),
+        ("token", "r1", "lo"),
+        ("final", "r1", "Hello"),
+        ("token", "r2", "Next"),
+    ]
 
 
 async def test_frames_queued_behind_a_send_stuck_in_the_socket_keep_their_order() -> None:
@@ -208,8 +216,7 @@ async def test_frames_queued_behind_a_send_stuck_in_the_socket_keep_their_order(
         await box.flush(1.0)
     finally:
         runner.cancel()
-    kinds = [(f["type"], f["request_id"], f["payload"].get("text")) for f in sock.sent]
-    assert kinds == [
+    assert kinds(sock.sent) == [
         ("token", "r1", "Hel"),
         ("token", "r1", "lo there"),
         ("final", "r1", "Hello there"),
