@@ -59,10 +59,10 @@ class YapApp:
 
     # --- HTTP -------------------------------------------------------------------
     async def healthz(self, request: Request) -> JSONResponse:
-        rt = self.runtime
-        if rt.state == "ready":
+        state, detail = self.runtime.health()
+        if state == "ready":
             return JSONResponse({"status": "ok"})
-        return JSONResponse({"status": rt.state, "detail": rt.detail}, status_code=503)
+        return JSONResponse({"status": state, "detail": detail}, status_code=503)
 
     async def status(self, request: Request) -> JSONResponse:
         result = self.auth.authenticate(_peer(request.scope), request.scope["headers"], request.scope["query_string"])

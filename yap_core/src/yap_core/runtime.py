@@ -211,6 +211,19 @@ class Runtime:
         self._state = value
         self._publish()
 
+    def health(self) -> tuple[State, str]:
+        """The state /healthz and /status report, with its detail. With
+        workers it is the deployment's: every worker serves the one port and
+        the kernel picks which takes a socket, so until every worker is ready
+        some sockets would get 1013; the first worker not ready speaks for all."""
+        if self._state != "ready" or self.board is None:
+            return self._state, self.detail
+        for row in self.board.rows():
+            if row.state != "ready":
+                state: State = "starting" if row.state == "unknown" else row.state  # type: ignore[assignment]
+                return state, f"worker {row.index + 1} of {self.board.count} is {row.state}"
+        return "ready", ""
+
     def _publish(self) -> None:
         """This worker's counts on the board, after each change (a few hundred ns)."""
         if self.board is not None and self.worker is not None:
@@ -299,7 +312,7 @@ class Runtime:
             }
         rows = self.board.rows() if self.board is not None else None
         return {
-            "status": self.state,
+            "status": self.health()[0],
             "engine": engine,
             "classifier": None
             if self.classifier is None
