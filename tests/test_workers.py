@@ -85,50 +85,48 @@ async def test_status_counts_every_workers_sockets_and_turns(tmp_path: Path) -> 
     "worker". Before, each worker counted only its own, so at least one of the
     two answers fell short of the 8 sockets below."""
     env = {**SCRIPTED, **WORKERS, "SCRIPTED_TOKEN_DELAY_MS": "50", "SCRIPTED_REPEAT": "true", "CHAT_MAX_OUT": "400"}
-    server = ServerProcess(env, log_path=tmp_path / "server.log")
-    await server.start(120)
-    conns = [await YapConnection.open(server.ws_url, KEY) for _ in range(8)]
-    try:
-        sids, rids = [new_id() for _ in conns], [new_id() for _ in conns]
-        for c, sid, rid in zip(conns, sids, rids, strict=True):
-            await c.send("start", sid, rid, {"user_utterance": "go on", "sampling": {"max_tokens": 400}})
-        for c in conns:  # every turn is streaming
-            while (await c.recv(30)).type != "token":
-                pass
-        answers = status_from_each_worker(server)
-        for body in answers.values():
-            assert body["connections"]["active"] == 8 and body["active_turns"] == 8, body
-            assert body["connections"]["available"] == 39 - 8
-            rows = body["workers"]
-            assert sum(r["connections"] for r in rows) == 8 and sum(r["active_turns"] for r in rows) == 8
-            own = rows[body["worker"]["index"]]
-            assert own["pid"] == body["worker"]["pid"]
-            assert own["connections"] == body["worker"]["connections"]
-            assert own["active_turns"] == body["worker"]["active_turns"]
-        assert {r["pid"] for r in answers[0]["workers"]} == {p.pid for p in workers_of(server)}
-        # Each worker's engine requests, from its health check's stats (each second).
-        deadline = time.monotonic() + 10
-        while sum(r["engine_requests"] for r in status(server)["workers"]) != 8 and time.monotonic() < deadline:  # noqa: ASYNC110 - polling other processes
-            await asyncio.sleep(0.2)
-        assert sum(r["engine_requests"] for r in status(server)["workers"]) == 8
-        for c, sid, rid in zip(conns, sids, rids, strict=True):
-            await c.send("cancel", sid, rid, {})
-    finally:
-        for c in conns:
-            await c.close()
-    deadline = time.monotonic() + 30
-    while True:  # the counts go back down as the workers see the sockets close
-        quiet = [
-            b["connections"]["active"] == 0
-            and b["active_turns"] == 0
-            and sum(r["engine_requests"] for r in b["workers"]) == 0
-            for b in status_from_each_worker(server).values()
-        ]
-        if all(quiet) or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.1)
-    assert all(quiet)
-    await server.stop()
+    async with ServerProcess(env, log_path=tmp_path / "server.log") as server:
+        conns = [await YapConnection.open(server.ws_url, KEY) for _ in range(8)]
+        try:
+            sids, rids = [new_id() for _ in conns], [new_id() for _ in conns]
+            for c, sid, rid in zip(conns, sids, rids, strict=True):
+                await c.send("start", sid, rid, {"user_utterance": "go on", "sampling": {"max_tokens": 400}})
+            for c in conns:  # every turn is streaming
+                while (await c.recv(30)).type != "token":
+                    pass
+            answers = status_from_each_worker(server)
+            for body in answers.values():
+                assert body["connections"]["active"] == 8 and body["active_turns"] == 8, body
+                assert body["connections"]["available"] == 39 - 8
+                rows = body["workers"]
+                assert sum(r["connections"] for r in rows) == 8 and sum(r["active_turns"] for r in rows) == 8
+                own = rows[body["worker"]["index"]]
+                assert own["pid"] == body["worker"]["pid"]
+                assert own["connections"] == body["worker"]["connections"]
+                assert own["active_turns"] == body["worker"]["active_turns"]
+            assert {r["pid"] for r in answers[0]["workers"]} == {p.pid for p in workers_of(server)}
+            # Each worker's engine requests, from its health check's stats (each second).
+            deadline = time.monotonic() + 10
+            while sum(r["engine_requests"] for r in status(server)["workers"]) != 8 and time.monotonic() < deadline:  # noqa: ASYNC110 - polling other processes
+                await asyncio.sleep(0.2)
+            assert sum(r["engine_requests"] for r in status(server)["workers"]) == 8
+            for c, sid, rid in zip(conns, sids, rids, strict=True):
+                await c.send("cancel", sid, rid, {})
+        finally:
+            for c in conns:
+                await c.close()
+        deadline = time.monotonic() + 30
+        while True:  # the counts go back down as the workers see the sockets close
+            quiet = [
+                b["connections"]["active"] == 0
+                and b["active_turns"] == 0
+                and sum(r["engine_requests"] for r in b["workers"]) == 0
+                for b in status_from_each_worker(server).values()
+            ]
+            if all(quiet) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert all(quiet)
 
 
 async def test_the_connection_limit_is_the_deployments_wherever_the_kernel_sends_a_socket(tmp_path: Path) -> None:
@@ -137,38 +135,36 @@ async def test_the_connection_limit_is_the_deployments_wherever_the_kernel_sends
     hands to worker 1 are closed, so worker 0 ends up holding every one. Before,
     each worker held at most ceil(4 / 2) = 2, and a third socket hashed to the
     same worker was refused while the other had room."""
-    server = ServerProcess({**SCRIPTED, "SERVER_WORKERS": "2", "MAX_CONCURRENT_CONNECTIONS": "4"},
-                           log_path=tmp_path / "server.log")  # fmt: skip
-    await server.start(120)
-    held = []
-    try:
-        for _ in range(80):
-            if len(held) == 4:
-                break
-            ws = await open_ws(server.ws_url, KEY)
-            await send(ws, {"type": "ping", "session_id": None, "request_id": None, "payload": {}})
-            assert (await recv(ws, 10))["type"] == "pong"  # admitted
-            if status(server)["workers"][0]["connections"] == len(held) + 1:
-                held.append(ws)
-                continue
-            await ws.close()
-            deadline = time.monotonic() + 10
-            while status(server)["connections"]["active"] != len(held) and time.monotonic() < deadline:  # noqa: ASYNC110 - polling another process
-                await asyncio.sleep(0.05)
-        assert len(held) == 4
-        body = status(server)
-        assert [r["connections"] for r in body["workers"]] == [4, 0]
-        assert body["connections"] == {"active": 4, "max": 4, "available": 0, "at_capacity": True}
-        for _ in range(4):  # wherever the kernel sends it
-            ws = await open_ws(server.ws_url, KEY)
-            frame = await recv(ws, 10)
-            await ws.close()
-            assert frame["payload"]["code"] == "server_at_capacity", frame
-            assert frame["payload"]["capacity"] == {"active": 4, "max": 4}
-    finally:
-        for ws in held:
-            await ws.close()
-    await server.stop()
+    async with ServerProcess({**SCRIPTED, "SERVER_WORKERS": "2", "MAX_CONCURRENT_CONNECTIONS": "4"},
+                           log_path=tmp_path / "server.log") as server:  # fmt: skip
+        held = []
+        try:
+            for _ in range(80):
+                if len(held) == 4:
+                    break
+                ws = await open_ws(server.ws_url, KEY)
+                await send(ws, {"type": "ping", "session_id": None, "request_id": None, "payload": {}})
+                assert (await recv(ws, 10))["type"] == "pong"  # admitted
+                if status(server)["workers"][0]["connections"] == len(held) + 1:
+                    held.append(ws)
+                    continue
+                await ws.close()
+                deadline = time.monotonic() + 10
+                while status(server)["connections"]["active"] != len(held) and time.monotonic() < deadline:  # noqa: ASYNC110 - polling another process
+                    await asyncio.sleep(0.05)
+            assert len(held) == 4
+            body = status(server)
+            assert [r["connections"] for r in body["workers"]] == [4, 0]
+            assert body["connections"] == {"active": 4, "max": 4, "available": 0, "at_capacity": True}
+            for _ in range(4):  # wherever the kernel sends it
+                ws = await open_ws(server.ws_url, KEY)
+                frame = await recv(ws, 10)
+                await ws.close()
+                assert frame["payload"]["code"] == "server_at_capacity", frame
+                assert frame["payload"]["capacity"] == {"active": 4, "max": 4}
+        finally:
+            for ws in held:
+                await ws.close()
 
 
 async def failed_login(server: ServerProcess) -> str:
@@ -212,52 +208,46 @@ async def test_turns_run_on_both_workers_at_once(two_workers: ServerProcess) -> 
 
 async def test_sigterm_drains_every_worker_then_exits_zero(tmp_path: Path) -> None:
     env = {**SCRIPTED, **WORKERS, "SCRIPTED_TOKEN_DELAY_MS": "40", "DRAIN_TIMEOUT_S": "20"}
-    server = ServerProcess(env, log_path=tmp_path / "server.log")
-    await server.start(120)
-    procs = workers_of(server)
-    conns = [await YapConnection.open(server.ws_url, KEY) for _ in range(6)]
-    try:
-        sids = [new_id() for _ in conns]
-        rids = [new_id() for _ in conns]
-        for c, sid, rid in zip(conns, sids, rids, strict=True):
-            await c.send("start", sid, rid, {"user_utterance": "tell me something long"})
-        for c in conns:  # every turn is streaming before the signal
-            while (await c.recv(30)).type != "token":
-                pass
-        os.kill(server.pid, signal.SIGTERM)
-        turns = await asyncio.gather(*(c.collect(rid, c.clock(), wait_s=30) for c, rid in zip(conns, rids, strict=True)))
-    finally:
-        for c in conns:
-            await c.close()
-    assert [t.end for t in turns] == ["done"] * 6, [t.end for t in turns]  # running turns finished
-    assert await server.wait_exit(30) == 0, server.log_tail()
-    assert not alive(procs)
-    assert "supervisor: draining the workers" in server.log_text()
-    await server.stop()
+    async with ServerProcess(env, log_path=tmp_path / "server.log") as server:
+        procs = workers_of(server)
+        conns = [await YapConnection.open(server.ws_url, KEY) for _ in range(6)]
+        try:
+            sids = [new_id() for _ in conns]
+            rids = [new_id() for _ in conns]
+            for c, sid, rid in zip(conns, sids, rids, strict=True):
+                await c.send("start", sid, rid, {"user_utterance": "tell me something long"})
+            for c in conns:  # every turn is streaming before the signal
+                while (await c.recv(30)).type != "token":
+                    pass
+            os.kill(server.pid, signal.SIGTERM)
+            turns = await asyncio.gather(*(c.collect(rid, c.clock(), wait_s=30) for c, rid in zip(conns, rids, strict=True)))
+        finally:
+            for c in conns:
+                await c.close()
+        assert [t.end for t in turns] == ["done"] * 6, [t.end for t in turns]  # running turns finished
+        assert await server.wait_exit(30) == 0, server.log_tail()
+        assert not alive(procs)
+        assert "supervisor: draining the workers" in server.log_text()
 
 
 async def test_a_worker_dying_stops_the_deployment(tmp_path: Path) -> None:
-    server = ServerProcess({**SCRIPTED, **WORKERS}, log_path=tmp_path / "server.log")
-    await server.start(120)
-    victim, other = workers_of(server)
-    victim.kill()
-    assert await server.wait_exit(60) == 1, server.log_tail()
-    assert "exited with -9; stopping the others" in server.log_text()
-    other.wait(30)  # drained and gone with the supervisor
-    await server.stop()
+    async with ServerProcess({**SCRIPTED, **WORKERS}, log_path=tmp_path / "server.log") as server:
+        victim, other = workers_of(server)
+        victim.kill()
+        assert await server.wait_exit(60) == 1, server.log_tail()
+        assert "exited with -9; stopping the others" in server.log_text()
+        other.wait(30)  # drained and gone with the supervisor
 
 
 async def test_workers_exit_when_the_supervisor_is_killed(tmp_path: Path) -> None:
-    server = ServerProcess({**SCRIPTED, **WORKERS}, log_path=tmp_path / "server.log")
-    await server.start(120)
-    procs = workers_of(server)
-    os.kill(server.pid, signal.SIGKILL)
-    await server.wait_exit(10)
-    deadline = time.monotonic() + 30
-    while alive(procs) and time.monotonic() < deadline:  # noqa: ASYNC110 - polling other processes
-        await asyncio.sleep(0.2)
-    assert not alive(procs)
-    await server.stop()
+    async with ServerProcess({**SCRIPTED, **WORKERS}, log_path=tmp_path / "server.log") as server:
+        procs = workers_of(server)
+        os.kill(server.pid, signal.SIGKILL)
+        await server.wait_exit(10)
+        deadline = time.monotonic() + 30
+        while alive(procs) and time.monotonic() < deadline:  # noqa: ASYNC110 - polling other processes
+            await asyncio.sleep(0.2)
+        assert not alive(procs)
 
 
 def test_an_engine_that_cannot_be_shared_is_refused_at_start() -> None:
