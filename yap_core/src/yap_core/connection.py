@@ -149,22 +149,30 @@ class Outbox:
         (rarely: a full buffer) it is the head being sent, and the sender
         takes the frames queued behind it once it is done."""
         assert eager_task_factory is not None
-        self._sending = item
         task = eager_task_factory(asyncio.get_running_loop(), self._send_now(item), name="ws-send")
         if not task.done():
             self._direct = task
 
+    async def _write(self, item: str | PendingTokens) -> None:
+        """Send the head of the queue; from now on no piece joins it."""
+        self._sending = item
+        await self._send(item if type(item) is str else item.encode())  # type: ignore[union-attr]
+        if type(item) is PendingTokens and self._interval:
+            self._last_token = (item.request_id, time.monotonic())
+
+    def _pop(self, item: str | PendingTokens) -> None:
+        """The head is sent (or failed): out of the queue and the limit's count."""
+        self._queue.popleft()
+        self._queued -= 1 if type(item) is str else len(item.pieces)  # type: ignore[union-attr]
+        self._sending = None
+
     async def _send_now(self, item: str | PendingTokens) -> None:
         try:
-            await self._send(item if type(item) is str else item.encode())  # type: ignore[union-attr]
-            if type(item) is PendingTokens and self._interval:
-                self._last_token = (item.request_id, time.monotonic())
+            await self._write(item)
         except Exception as exc:  # the sender raises it, as if it had sent this frame itself
             self._failed = exc
         finally:
-            self._queue.popleft()
-            self._queued -= 1 if type(item) is str else len(item.pieces)  # type: ignore[union-attr]
-            self._sending = None
+            self._pop(item)
             self._direct = None
             self._wake.set()  # the sender: the frames behind this one, or the failure
             if not self._queue:
@@ -194,13 +202,8 @@ class Outbox:
             item = queue[0]
             if type(item) is PendingTokens and self._interval:
                 await self._hold_tokens(item)
-            self._sending = item
-            await self._send(item if type(item) is str else item.encode())  # type: ignore[union-attr]
-            if type(item) is PendingTokens and self._interval:
-                self._last_token = (item.request_id, time.monotonic())
-            queue.popleft()
-            self._queued -= 1 if type(item) is str else len(item.pieces)  # type: ignore[union-attr]
-            self._sending = None
+            await self._write(item)
+            self._pop(item)
 
     async def _hold_tokens(self, item: PendingTokens) -> None:
         """Let pieces join ``item`` until the interval since its turn's last
